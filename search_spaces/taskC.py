@@ -1,0 +1,15 @@
+"""Task C, the ConvNet as a fixed feature extractor: frozen resnext50_32x4d / resnet101 (V1 or V2), only fc trains."""
+from ray import tune
+
+from tlstudy.spaces import product, training_space
+
+FIXED = dict(mode="frozen")
+CELLS = product(arch=["resnext50_32x4d", "resnet101"], weights=["IMAGENET1K_V1", "IMAGENET1K_V2"])
+PARAM_SPACE = {
+    **training_space(),
+    # A fresh linear head on fixed features tolerates, and needs, larger steps.
+    "lr": tune.loguniform(1e-3, 1e-1),
+    "arch": tune.choice(["resnext50_32x4d", "resnet101"]),
+    "weights": tune.choice(["IMAGENET1K_V1", "IMAGENET1K_V2"]),
+}
+QUICK = dict(phantom_sizes=(160, 100, 100), max_train=160, epochs=2)

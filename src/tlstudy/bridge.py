@@ -1,0 +1,112 @@
+"""The bridge between Ray Tune and an Optuna study: Optuna's pruner decides, Tune stops.
+
+Ray's OptunaSearch (ray 2.60) samples from a persisted Optuna study but cannot prune:
+it hard-codes NopPruner; a trial stopped by a Tune scheduler is told COMPLETE; and
+the result that made the scheduler stop never reaches the searcher, because
+TuneController calls scheduler.on_trial_result first and skips
+searcher.on_trial_result on STOP. So:
+
+- `OptunaPruningSearch` puts the study's real pruner back, takes every epoch's val
+  loss as an intermediate value itself (`record`, called by the scheduler), stores
+  the per-epoch history and the final metrics as user attributes, and tells Optuna
+  PRUNED, FAIL or COMPLETE. A COMPLETE trial's value is its lowest val loss: the
+  checkpoint its test metrics come from.
+- `OptunaPruningScheduler` runs for every result before anything else, records it
+  through the searcher and returns STOP when the pruner says so.
+
+The Ray internals this relies on (`OptunaSearch._setup_study`, `_ot_study`,
+`_ot_trials`, the call order) are pinned by tests/test_bridge.py.
+"""
+import json
+import math
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+METRIC = "val_loss"
+STEP = "epoch"
+
+
+class OptunaPruningSearch(OptunaSearch):
+    def __init__(self, *args, pruner=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pruner = pruner or optuna.pruners.NopPruner()
+        self._epochs = {}  # trial_id -> per-epoch records
+        self._pruned = set()
+        self._errors = {}
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        self._ot_study.pruner = self._pruner
+
+    def ot_trial(self, trial_id):
+        return self._ot_trials[trial_id]
+
+    def record(self, trial_id, result):
+        """Take one epoch's result; return True when the pruner says to stop the trial."""
+        ot_trial = self._ot_trials[trial_id]
+        epoch = {k: result[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s")
+                 if k in result}
+        self._epochs.setdefault(trial_id, []).append(epoch)
+        if result.get("node_id"):
+            ot_trial.set_user_attr("node_id", result["node_id"])
+        ot_trial.report(result[METRIC], result[STEP])
+        if "summary/test_best_acc" in result:  # the last epoch: nothing left to prune
+            return False
+        if ot_trial.should_prune():
+            self._pruned.add(trial_id)
+            return True
+        return False
+
+    def on_trial_result(self, trial_id, result):
+        pass  # the scheduler already passed this result through `record`
+
+    def record_error(self, trial_id, error):
+        self._errors[trial_id] = error
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        epochs = self._epochs.get(trial_id, [])
+        ot_trial.set_user_attr("history", json.dumps(epochs))
+        if trial_id in self._pruned:
+            state, value = TrialState.PRUNED, None
+        elif error or not result or "summary/test_best_acc" not in result:
+            # An error, or a trial stopped before its last epoch (Ctrl-C, a stopper): not a result.
+            state, value = TrialState.FAIL, None
+            reason = self._errors.get(trial_id) or ("error" if error else "stopped before its last epoch")
+            ot_trial.set_user_attr("fail_reason", str(reason)[-2000:])
+        else:
+            state, value = TrialState.COMPLETE, min(e[METRIC] for e in epochs)
+            for k, v in result.items():
+                if k.startswith("summary/") and _storable(v):
+                    ot_trial.set_user_attr(k[len("summary/"):], v)
+        self._ot_study.tell(ot_trial, value, state=state)
+        self._completed_trials.add(trial_id)
+
+
+class OptunaPruningScheduler(FIFOScheduler):
+    def __init__(self, searcher):
+        super().__init__()
+        self._searcher = searcher
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if self._searcher.record(trial.trial_id, result):
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_error(self, tune_controller, trial):
+        # Called before the searcher hears of the failure, with the trial's error already set.
+        err = trial.get_error()
+        self._searcher.record_error(trial.trial_id, f"{type(err).__name__}: {err}" if err else trial.error_file)
+        super().on_trial_error(tune_controller, trial)
+
+
+def _storable(v):
+    """Optuna user attributes must be JSON; NaN is not."""
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return isinstance(v, (int, str, bool, list)) or v is None

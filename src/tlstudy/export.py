@@ -1,0 +1,101 @@
+"""Exports read back from the Optuna study, so they always agree with the storage.
+
+- trials.csv: one row per trial: number, state, value, parameters, final metrics;
+- epochs.csv: one row per trial and epoch (from the "history" user attribute);
+- best_config.json: the best trial's configuration and the command that re-runs it;
+- the cell table: the report's columns for each variant cell's best trial.
+"""
+import json
+import shlex
+from pathlib import Path
+
+import pandas as pd
+from optuna.trial import TrialState
+
+from tlstudy.errors import UserError
+
+REPORT_COLUMNS = ["Final Train Loss", "Best Train acc", "Final Val Loss", "Best Val acc",
+                  "Best Val Loss (epoch)", "Test acc (best-val ckpt)", "Time"]
+
+
+def trials_frame(study, fixed=None):
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = {k: v for k, v in t.user_attrs.items() if k != "history"}
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+                     "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
+                     **(fixed or {}), **t.params, **attrs,
+                     "enqueued": "fixed_params" in t.system_attrs})
+    return pd.DataFrame(rows)
+
+
+def epochs_frame(study):
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        for e in json.loads(t.user_attrs.get("history", "[]")):
+            rows.append({"number": t.number, "state": t.state.name, **e})
+    return pd.DataFrame(rows, columns=None if rows else ["number", "state", "epoch"])
+
+
+def best_trial(study):
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return min(done, key=lambda t: t.value) if done else None
+
+
+def best_config(study, space, data_args):
+    """The best trial's full trial configuration and the study/trial.py command that re-runs it."""
+    t = best_trial(study)
+    if t is None:
+        return None
+    config = {**study.user_attrs.get("base_config", {}), **t.params}
+    flags = []
+    for k, v in {**data_args, **config}.items():
+        flags += [f"--{k.replace('_', '-')}", str(v)]
+    return {"space": space.name, "study": study.study_name, "trial": t.number, "best_val_loss": t.value,
+            "config": config, "data": data_args,
+            "test_best_acc": t.user_attrs.get("test_best_acc"),
+            "command": "python study/trial.py " + shlex.join(flags)}
+
+
+def cell_table(trials, axes, epochs_total=None):
+    """The report's columns for each cell's best COMPLETE trial (by val loss), plus n and states."""
+    if trials.empty:
+        return pd.DataFrame()
+    axes = [a for a in axes if a in trials.columns]
+    rows = []
+    for cell, g in trials.groupby(axes, sort=True, dropna=False) if axes else [((), trials)]:
+        cell = cell if isinstance(cell, tuple) else (cell,)
+        done = g[g.state == "COMPLETE"]
+        row = dict(zip(axes, cell))
+        row.update(n=len(g), complete=len(done), pruned=int((g.state == "PRUNED").sum()),
+                   failed=int((g.state == "FAIL").sum()))
+        if len(done):
+            b = done.loc[done.value.idxmin()]
+            row.update({
+                "Final Train Loss": f"{b.final_train_loss:.4f}",
+                "Best Train acc": f"{b.best_train_acc:.2%}",
+                "Final Val Loss": f"{b.final_val_loss:.4f}",
+                "Best Val acc": f"{b.best_val_acc:.2%}",
+                "Best Val Loss (epoch)": f"Epoch {int(b.best_epoch)}/{int(b.epochs)} ({b.best_val_loss:.4f})",
+                "Test acc (best-val ckpt)": f"{b.test_best_acc:.2%}",
+                "Time": f"{b.wall_s:.0f} s",
+                "trial": int(b.number),
+            })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write(study, space, out_dir, data_args):
+    """Write trials.csv, epochs.csv and best_config.json under out_dir; return their paths."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        trials = trials_frame(study, space.fixed)
+        paths = {"trials": out / "trials.csv", "epochs": out / "epochs.csv", "best_config": out / "best_config.json"}
+        trials.to_csv(paths["trials"], index=False)
+        epochs_frame(study).to_csv(paths["epochs"], index=False)
+        best = best_config(study, space, data_args)
+        paths["best_config"].write_text(json.dumps(best, indent=1, default=str) + "\n")
+    except OSError as e:
+        raise UserError(f"cannot write the exports to {out}: {e.strerror}") from None
+    return trials, paths

@@ -1,0 +1,45 @@
+"""Classification metrics for a test set.
+
+Predictions are the argmax over ALL outputs, as the report did: with
+out_features 6 or 10 a model can predict an index that is no class, and that
+counts as an error. Class 1 (PNEUMONIA in the chest_xray layout, whose class
+folders sort NORMAL, PNEUMONIA) is the positive class.
+"""
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, recall_score, roc_auc_score
+
+
+def accuracy(output, target):
+    """Number of correct argmax predictions in a batch, as a tensor: summing on the device
+    avoids a host sync per batch."""
+    return (output.argmax(1) == target).sum()
+
+
+def test_metrics(logits, target, num_classes):
+    """Accuracy (correct / total), balanced accuracy, ROC AUC, sensitivity, specificity and
+    the confusion matrix (rows: true classes; columns: every output index)."""
+    logits = torch.as_tensor(logits).float()
+    y = np.asarray(target)
+    pred = logits.argmax(1).numpy()
+    out_features = logits.shape[1]
+    recall = recall_score(y, pred, labels=list(range(num_classes)), average=None, zero_division=0)
+    # Scores for AUC: probabilities over the real classes only, renormalised.
+    prob = torch.softmax(logits[:, :num_classes], 1).numpy()
+    if len(np.unique(y)) < 2:
+        auc = float("nan")
+    elif num_classes == 2:
+        auc = roc_auc_score(y, prob[:, 1])
+    else:
+        auc = roc_auc_score(y, prob, multi_class="ovr", labels=list(range(num_classes)))
+    cm = confusion_matrix(y, pred, labels=list(range(out_features)))[:num_classes]
+    return {
+        "acc": float((pred == y).mean()),
+        "correct": int((pred == y).sum()),
+        "total": int(len(y)),
+        "balanced_acc": float(recall.mean()),
+        "auc": float(auc),
+        "sensitivity": float(recall[1]) if num_classes == 2 else None,
+        "specificity": float(recall[0]) if num_classes == 2 else None,
+        "confusion_matrix": cm.tolist(),
+    }

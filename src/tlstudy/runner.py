@@ -1,0 +1,316 @@
+"""The study: Ray Tune runs the trials, Optuna samples and prunes them, the storage keeps them.
+
+Orchestration lives here and only here:
+1. load the space and the data (once, in the driver; trials get it through Ray's
+   object store via tune.with_parameters);
+2. open the Optuna study in its storage (one study per space), resolve trials a
+   crash left RUNNING, and enqueue each variant cell still lacking trials as a
+   partial trial, so that the sampler fills in the training hyperparameters;
+3. run that many trials (plus --extra-samples free ones) with a Tuner whose
+   searcher is Ray's OptunaSearch on that study and whose scheduler asks the
+   study's pruner after every epoch (tlstudy.bridge);
+4. export trials.csv, epochs.csv and best_config.json from the storage.
+
+Rerunning the same command continues the study: finished trials are not run again.
+"""
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from tlstudy import data as tldata
+from tlstudy import export, spaces
+from tlstudy.bridge import METRIC, OptunaPruningScheduler, OptunaPruningSearch
+from tlstudy.errors import ArgumentParser, UserError
+from tlstudy.storage import default_url, open_storage
+from tlstudy.train import fit
+
+# quick: the default without a GPU, sized so taskE's 9 cells finish in about 5 minutes
+# on 2 CPU cores. full: the report's protocol. A space file may override either
+# (QUICK = dict(...)), and every key is also a command-line flag.
+PROFILES = {
+    "quick": dict(image_size=32, epochs=3, step_size=1, phantom_sizes=(400, 100, 200), max_train=400,
+                  weights_policy="auto"),
+    "full": dict(image_size=224, epochs=30, step_size=7, phantom_sizes=(5216, 522, 624), max_train=None,
+                 weights_policy="strict"),
+}
+PRUNERS = ("median", "percentile", "halving", "hyperband", "none")
+ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
+
+
+def make_pruner(name, epochs, percentile=25.0):
+    # No pruning at epoch 1: the first val loss says little after a fresh head.
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(percentile, n_startup_trials=2, n_warmup_steps=2)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def trainable(config, data):
+    """The Ray Tune function trainable: tlstudy.train.fit, reported every epoch."""
+    node_id = ray.get_runtime_context().get_node_id()
+    for rec in fit(config, data):
+        tune.report({**rec, "node_id": node_id})
+
+
+def settings(space, args):
+    """The profile, overridden by the space file, overridden by command-line flags."""
+    s = {**PROFILES[args.profile], **space.profiles.get(args.profile, {})}
+    for k in s:
+        if getattr(args, k, None) is not None:
+            s[k] = getattr(args, k)
+    return s
+
+
+def base_config(space, s, seed):
+    """The trial settings every trial of the study shares."""
+    return {"epochs": s["epochs"], "step_size": s["step_size"], "weights_policy": s["weights_policy"],
+            "seed": seed, **space.fixed}
+
+
+def space_fingerprint(space, base):
+    dists = OptunaSearch.convert_search_space(space.param_space)
+    text = json.dumps({"params": {k: optuna.distributions.distribution_to_json(d) for k, d in dists.items()},
+                       "base": base, "cells": space.cells}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def open_study(space, args, base, storage):
+    name = args.study_name or space.name
+    sampler = optuna.samplers.TPESampler(seed=args.seed)
+    fingerprint = space_fingerprint(space, base)
+    existing = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name in existing and args.new_study:
+        optuna.delete_study(study_name=name, storage=storage)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize",
+                                load_if_exists=True)
+    stored = study.user_attrs.get("space_fingerprint")
+    if stored and stored != fingerprint:
+        raise UserError(f"study {name!r} in {args.storage} was built from a different space or profile; "
+                        "pass --study-name NEW to keep both, or --new-study to replace it")
+    study.set_user_attr("space_fingerprint", fingerprint)
+    study.set_user_attr("space", space.name)
+    study.set_user_attr("base_config", base)
+    return study
+
+
+def resolve_running(study):
+    """Trials a crashed or killed driver left RUNNING will never report again: mark them FAIL."""
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for t in stale:
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left RUNNING by an interrupted driver")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(stale)
+
+
+def enqueue_cells(study, space, samples_per_cell):
+    """Enqueue each cell's fixed values until every cell has samples_per_cell live or finished trials."""
+    trials = study.get_trials(deepcopy=False, states=ACTIVE)
+    added = 0
+    for cell in space.cells:
+        have = sum(all(t.params.get(k, t.system_attrs.get("fixed_params", {}).get(k)) == v for k, v in cell.items())
+                   for t in trials)
+        for _ in range(samples_per_cell - have):
+            study.enqueue_trial(cell, skip_if_exists=False)
+            added += 1
+    return added
+
+
+def free_trials_done(study):
+    return sum("fixed_params" not in t.system_attrs
+               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+class EpochLines(tune.Callback):
+    """One line per trial per epoch, beside Ray's periodic progress table."""
+
+    def on_trial_result(self, iteration, trials, trial, result):
+        cfg = trial.config
+        print(f"[{trial.trial_id}] {cfg.get('arch')} epoch {result['epoch']}/{cfg.get('epochs')}: "
+              f"train_loss {result['train_loss']:.4f} val_loss {result['val_loss']:.4f} "
+              f"val_acc {result['val_acc']:.2%} ({result['epoch_s']:.1f} s)", flush=True)
+
+
+def init_ray(args):
+    if ray.is_initialized():
+        return
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(address=address, include_dashboard=False) if address else dict(include_dashboard=False)
+    if not address and args.num_cpus:
+        kwargs["num_cpus"] = args.num_cpus
+    try:
+        ray.init(logging_level="WARNING", **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
+
+
+def run(args):
+    """Run (or continue) the study of args.space; return the study."""
+    space = spaces.load(args.space)
+    if space.compare:
+        return [run(_with(args, space=name)) for name in space.compare]
+    s = settings(space, args)
+    results = Path(args.results)
+    out_dir = results / (args.study_name or space.name)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write to results folder {results}: {e.strerror}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise UserError(f"cannot write to results folder {out_dir}")
+    args.storage = args.storage or default_url(results)
+    base = base_config(space, s, args.seed)
+    storage = open_storage(args.storage)
+    study = open_study(space, args, base, storage)
+
+    n, m, t = s["phantom_sizes"]
+    splits = tldata.load(args.data, s["image_size"], seed=args.seed, skip_bad_images=args.skip_bad_images,
+                         phantom_sizes={"train": n, "val": m, "test": t})
+    if s["max_train"]:
+        splits = tldata.subsample_train(splits, s["max_train"], args.seed)
+    info = splits.info()
+    study.set_user_attr("data", {k: v for k, v in info.items() if k != "classes"})
+    print(f"space {space.name}: {space.description}")
+    print(f"profile {args.profile}: {s}")
+    print(f"data: {info['data_source']}  train/val/test {info['n_train']}/{info['n_val']}/{info['n_test']} "
+          f"at {info['image_size']} px" + (f"\nnote: {splits.val_note}" if splits.val_note else ""))
+
+    failed = resolve_running(study)
+    if failed:
+        print(f"resume: {failed} trials left RUNNING by an interrupted run marked FAIL; their cells run again")
+    enqueue_cells(study, space, args.samples_per_cell)
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    extra = max(0, args.extra_samples - free_trials_done(study))
+    n_trials = waiting + extra
+    print(f"study {study.study_name!r} in {args.storage}: {len(study.trials) - waiting} trials so far; "
+          f"running {n_trials} ({waiting} cell trials, {extra} free)")
+
+    if n_trials:
+        init_ray(args)
+        searcher = OptunaPruningSearch(space=None, metric=METRIC, mode="min", storage=storage,
+                                       study_name=study.study_name, sampler=study.sampler,
+                                       pruner=make_pruner(args.pruner, s["epochs"]))
+        resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
+            param_space={**base, **space.param_space},
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=OptunaPruningScheduler(searcher),
+                                        num_samples=n_trials, max_concurrent_trials=args.max_concurrent),
+            run_config=tune.RunConfig(name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      storage_path=str((results / "ray" / space.name).resolve()),
+                                      callbacks=[EpochLines()], verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        tuner.fit()
+    report(study, space, out_dir, args, s)
+    return study
+
+
+def report(study, space, out_dir, args, s):
+    data_args = {"data": args.data, "image_size": s["image_size"]}
+    trials, paths = export.write(study, space, out_dir, data_args)
+    states = trials.state.value_counts().to_dict() if len(trials) else {}
+    print(f"\n{study.study_name}: {len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in states.items()))
+    table = export.cell_table(trials, space.axes)
+    if len(table):
+        print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+    best = json.loads(paths["best_config"].read_text())
+    if best:
+        print(f"\nbest trial #{best['trial']}: val loss {best['best_val_loss']:.4f}, "
+              f"test acc {best['test_best_acc']:.2%}\n  {json.dumps(best['config'])}\n  re-run: {best['command']}")
+    for name, p in paths.items():
+        print(f"{name}: {p}")
+    print(f"browse: optuna-dashboard {args.storage}")
+
+
+def _has_tabulate():
+    try:
+        import tabulate  # noqa: F401  (pandas' to_markdown needs it)
+        return True
+    except ImportError:
+        return False
+
+
+def _with(args, **changes):
+    new = type(args)(**vars(args))
+    for k, v in changes.items():
+        setattr(new, k, v)
+    return new
+
+
+def build_parser():
+    p = ArgumentParser(prog="study/run.py", description="Run (or continue) a tlstudy search study with Ray Tune + Optuna.")
+    p.add_argument("--space", help="a name in search_spaces/ (taskA..taskE) or a path to a space file")
+    p.add_argument("--list-spaces", action="store_true", help="list the spaces with a line each, and exit")
+    p.add_argument("--profile", choices=tuple(PROFILES), default=None,
+                   help="quick (default without a GPU) or full (the report's protocol; default with a GPU)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="phantom", help="phantom, a chest_xray folder, a .npz file or a .npy folder")
+    g.add_argument("--image-size", type=int)
+    g.add_argument("--max-train", type=int, help="a stratified subset of train of this size")
+    g.add_argument("--phantom-sizes", type=_sizes, help="train,val,test sizes of the phantom data")
+    g.add_argument("--skip-bad-images", action="store_true")
+    g = p.add_argument_group("trials")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--step-size", type=int, help="epochs between the step schedule's lr drops")
+    g.add_argument("--weights-policy", choices=("strict", "auto"))
+    g.add_argument("--samples-per-cell", type=int, default=1)
+    g.add_argument("--extra-samples", type=int, default=0, help="freely sampled trials on top of the cells")
+    g.add_argument("--pruner", choices=PRUNERS, default="median")
+    g.add_argument("--seed", type=int, default=0, help="seeds the sampler, the data and every trial")
+    g = p.add_argument_group("storage")
+    g.add_argument("--results", default="results", help="exports go to RESULTS/<space>/, Ray's to RESULTS/ray/")
+    g.add_argument("--storage", help="SQLAlchemy URL or journal file (default sqlite:///RESULTS/optuna.db)")
+    g.add_argument("--study-name", help="default: the space's name")
+    g.add_argument("--new-study", action="store_true", help="delete a stored study of the same name first")
+    g = p.add_argument_group("resources")
+    g.add_argument("--address", help="join this Ray cluster (or set RAY_ADDRESS)")
+    g.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    g.add_argument("--cpus-per-trial", type=float, default=1)
+    g.add_argument("--gpus-per-trial", type=float, default=None, help="e.g. 0.25 packs four trials on a GPU")
+    g.add_argument("--max-concurrent", type=int, default=None)
+    return p
+
+
+def _sizes(text):
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+        assert len(sizes) == 3 and min(sizes) > 0
+        return sizes
+    except (ValueError, AssertionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not three positive integers train,val,test") from None
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_spaces:
+        for name, desc in spaces.available():
+            print(f"{name:10} {desc}")
+        return 0
+    if not args.space:
+        parser.error("--space is required (see --list-spaces)")
+    gpu = _has_gpu()
+    args.profile = args.profile or ("full" if gpu else "quick")
+    if args.gpus_per_trial is None:
+        args.gpus_per_trial = 1.0 if gpu else 0.0
+    run(args)
+    return 0
+
+
+def _has_gpu():
+    import torch
+    return torch.cuda.is_available()

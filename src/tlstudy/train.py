@@ -1,0 +1,225 @@
+"""One trial: train a model on prepared `Splits`, one epoch at a time.
+
+`fit(config, data)` is a generator: it yields one dict of metrics per epoch, so a
+caller (the command line, or the Ray trainable) can report each epoch and stop
+between epochs. The last epoch's dict also carries the trial's results under
+"summary": the report's columns, and the test metrics of the checkpoint with the
+lowest val loss (test_best_*) AND of the final epoch (test_final_*).
+
+The data stay uint8 tensors (on the GPU when there is one); each batch is picked
+by indexing, then expanded and normalised as a whole (`tlstudy.transforms`).
+"""
+import copy
+import random
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlstudy import metrics, models
+from tlstudy.errors import UserError
+from tlstudy.transforms import augment, parse_repeat, to_input
+
+# A trial's configuration, as plain Python. Every key can be searched or overridden.
+DEFAULTS = dict(
+    arch="resnet18",
+    weights="IMAGENET1K_V1",  # or IMAGENET1K_V2, or "none"
+    weights_policy="auto",  # "strict": fail when the pretrained file is missing
+    mode="finetune",  # or "frozen": only the new head trains
+    out_features=2,
+    train_repeat="1,3,1,1",
+    eval_repeat="1,3,1,1",  # val and test
+    optimizer="sgd",  # sgd (with momentum), adam, adamw
+    lr=1e-3,
+    momentum=0.9,
+    weight_decay=0.0,
+    batch_size=16,
+    schedule="step",  # step (as the PyTorch transfer-learning tutorial), cosine, none
+    step_size=7,
+    gamma=0.1,
+    epochs=3,
+    augment=False,
+    seed=0,
+    device="auto",  # auto: cuda when present, else cpu
+    amp="auto",  # bf16 autocast: auto = where the hardware has native bf16; on; off
+    channels_last="auto",  # auto = together with bf16, where it pays; on; off
+)
+EVAL_BATCH = 128
+
+
+def fit(config, data):
+    """Train per `config` on `data` (a tlstudy.data.Splits); yield one metrics dict per epoch."""
+    t_start = time.perf_counter()
+    cfg = resolve(config)
+    seed_everything(cfg["seed"])
+    device = torch.device(cfg["device"])
+    amp = _switch(cfg["amp"], native_bf16(device))
+    channels_last = _switch(cfg["channels_last"], amp)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    train_repeat, eval_repeat = parse_repeat(cfg["train_repeat"]), parse_repeat(cfg["eval_repeat"])
+
+    model, weights_source = models.build(cfg["arch"], cfg["weights"], cfg["out_features"], cfg["mode"],
+                                         cfg["weights_policy"], data.num_classes)
+    model.to(device, memory_format=fmt)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg, params)
+    scheduler = make_scheduler(cfg, optimizer)
+    # The whole uint8 dataset fits on any GPU (Kermany at 224 px is 300 MB).
+    if device.type == "cuda":
+        x = {s: t.pin_memory().to(device, non_blocking=True) for s, t in data.x.items()}
+        y = {s: t.to(device, non_blocking=True) for s, t in data.y.items()}
+    else:
+        x, y = data.x, data.y
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    run = dict(device=device, amp=amp, fmt=fmt, mode=cfg["mode"])
+
+    best = {"val_loss": float("inf")}
+    history = []
+    startup_s = time.perf_counter() - t_start
+    for epoch in range(1, cfg["epochs"] + 1):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train(model, x["train"], y["train"], optimizer, cfg, train_repeat, gen, run)
+        val_loss, val_acc, _ = validate(model, x["val"], y["val"], eval_repeat, run)
+        if scheduler:
+            scheduler.step()
+        rec = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
+                   val_acc=val_acc, lr=lr, epoch_s=time.perf_counter() - t0)
+        history.append(rec)
+        if val_loss < best["val_loss"]:
+            best = {"val_loss": val_loss, "epoch": epoch, "state": _state_copy(model)}
+        if epoch == cfg["epochs"]:
+            summary = summarize(model, x, y, data, best, history, eval_repeat, run)
+            summary.update(wall_s=time.perf_counter() - t_start, startup_s=startup_s,
+                           weights_source=weights_source, device=str(device), amp=amp,
+                           channels_last=channels_last, **data.info())
+            rec = {**rec, "summary": summary}
+        yield rec
+
+
+def train(model, x, y, optimizer, cfg, repeat, gen, run):
+    """One epoch over x in a random order; returns (mean loss, accuracy)."""
+    models.set_mode(model, run["mode"], training=True)
+    criterion = nn.CrossEntropyLoss()
+    n, bs = len(y), cfg["batch_size"]
+    perm = torch.randperm(n, generator=gen).to(x.device)
+    total_loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    seen = 0
+    for i in range(0, n, bs):
+        idx = perm[i:i + bs]
+        if len(idx) < 2 and seen:
+            continue  # BatchNorm cannot train on a batch of one; drop such a remainder
+        xb, yb = x[idx], y[idx]
+        if cfg["augment"]:
+            xb = augment(xb.float(), gen if xb.device.type == "cpu" else None)
+        inp = to_input(xb, repeat).contiguous(memory_format=run["fmt"])
+        with torch.autocast(run["device"].type, dtype=torch.bfloat16, enabled=run["amp"]):
+            out = model(inp)
+        loss = criterion(out.float(), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach() * len(idx)
+        correct += metrics.accuracy(out, yb)
+        seen += len(idx)
+    mean_loss = total_loss.item() / seen
+    if not np.isfinite(mean_loss):
+        raise FloatingPointError(f"non-finite training loss ({mean_loss}); lower the learning rate")
+    return mean_loss, correct.item() / seen
+
+
+@torch.inference_mode()
+def validate(model, x, y, repeat, run):
+    """Mean loss, accuracy and the logits (float, on the CPU) over x."""
+    models.set_mode(model, run["mode"], training=False)
+    logits = []
+    for xb in x.split(EVAL_BATCH):
+        inp = to_input(xb, repeat).contiguous(memory_format=run["fmt"])
+        with torch.autocast(run["device"].type, dtype=torch.bfloat16, enabled=run["amp"]):
+            logits.append(model(inp).float())
+    logits = torch.cat(logits)
+    loss = nn.functional.cross_entropy(logits, y).item()
+    return loss, metrics.accuracy(logits, y).item() / len(y), logits.cpu()
+
+
+def summarize(model, x, y, data, best, history, eval_repeat, run):
+    """The trial's results: report-table figures and test metrics at the final and best-val checkpoints."""
+    out = dict(
+        final_train_loss=history[-1]["train_loss"], final_val_loss=history[-1]["val_loss"],
+        final_val_acc=history[-1]["val_acc"], best_train_acc=max(h["train_acc"] for h in history),
+        best_val_acc=max(h["val_acc"] for h in history), best_val_loss=best["val_loss"],
+        best_epoch=best["epoch"], epochs=len(history),
+    )
+    for tag in ("final", "best"):
+        if tag == "best":
+            model.load_state_dict(best["state"])
+        _, _, logits = validate(model, x["test"], y["test"], eval_repeat, run)
+        m = metrics.test_metrics(logits, data.y["test"], data.num_classes)
+        out.update({f"test_{tag}_{k}": v for k, v in m.items()})
+    return out
+
+
+def resolve(config):
+    """DEFAULTS updated by `config`, checked; a mistake is a UserError before any training."""
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise UserError(f"unknown trial settings {unknown}; known: {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **config}
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg["device"].startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {cfg['device']} asked for, but torch sees no CUDA device")
+    if cfg["optimizer"] not in ("sgd", "adam", "adamw"):
+        raise UserError(f"optimizer {cfg['optimizer']!r} is not one of sgd, adam, adamw")
+    if cfg["schedule"] not in ("step", "cosine", "none"):
+        raise UserError(f"schedule {cfg['schedule']!r} is not one of step, cosine, none")
+    for k in ("epochs", "batch_size", "step_size"):
+        if int(cfg[k]) < 1:
+            raise UserError(f"{k} must be at least 1, not {cfg[k]}")
+    if not cfg["lr"] > 0:
+        raise UserError(f"lr must be positive, not {cfg['lr']}")
+    for k in ("amp", "channels_last"):
+        if cfg[k] not in ("auto", "on", "off", True, False):
+            raise UserError(f"{k} must be auto, on or off, not {cfg[k]!r}")
+    parse_repeat(cfg["train_repeat"]), parse_repeat(cfg["eval_repeat"])
+    models.check(cfg["arch"], cfg["weights"], cfg["out_features"], mode=cfg["mode"], policy=cfg["weights_policy"])
+    return cfg
+
+
+def make_optimizer(cfg, params):
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    opt = torch.optim.Adam if cfg["optimizer"] == "adam" else torch.optim.AdamW
+    return opt(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def make_scheduler(cfg, optimizer):
+    if cfg["schedule"] == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg["step_size"], gamma=cfg["gamma"])
+    if cfg["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
+    return None
+
+
+def native_bf16(device):
+    """bf16 pays only with hardware support: on an AVX2-only CPU, autocast to bf16 made
+    resnet18 training 15-30x SLOWER (emulated), while AVX512-BF16/AMX CPUs and CUDA gain."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def _switch(value, auto):
+    return auto if value == "auto" else value in ("on", True)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _state_copy(model):
+    return copy.deepcopy(model.state_dict())

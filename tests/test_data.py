@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tlstudy import data
+from tlstudy.errors import UserError
+
+
+def test_folder_layout_loads_real_xrays_and_resplits_tiny_val(xray_folder):
+    # One of Kermany's images in RGB mode: the loader must still give one channel.
+    f = next((xray_folder / "train" / "NORMAL").iterdir())
+    Image.open(f).convert("RGB").save(f)
+    s = data.load(xray_folder, 32, seed=0, min_val=4, val_fraction=0.25)
+    assert s.classes == ["NORMAL", "PNEUMONIA"]
+    for split in data.SPLITS:
+        assert s.x[split].dtype == torch.uint8 and s.x[split].shape[1:] == (1, 32, 32)
+    # 2 val images < min_val 4: val merged into train (8 + 2) and a stratified quarter split off.
+    assert len(s.y["val"]) + len(s.y["train"]) == 10
+    assert len(s.y["val"]) == 3 and set(s.y["val"].tolist()) == {0, 1}  # stratified: both classes
+    assert "merged into train" in s.val_note and s.info()["val_note"] == s.val_note
+    assert s.y["test"].tolist() == [0, 0, 0, 1, 1, 1]
+    # A real X-ray is not blank: the resize kept structure.
+    assert s.x["test"].float().std() > 20
+
+
+def test_folder_without_resplit_keeps_val(xray_folder):
+    s = data.load(xray_folder, 24, min_val=2)
+    assert s.y["val"].tolist() == [0, 1] and s.val_note == ""
+
+
+def test_decoded_once_then_read_from_cache(xray_folder, monkeypatch):
+    first = data.load(xray_folder, 24)
+    monkeypatch.setattr(data, "_read_image", lambda *a: pytest.fail("decoded a second time"))
+    again = data.load(xray_folder, 24)
+    assert torch.equal(first.x["train"], again.x["train"])
+    # A change of content changes the fingerprint, so the cache is not reused.
+    f = next((xray_folder / "test" / "NORMAL").iterdir())
+    f.write_bytes(f.read_bytes() + b"\0")
+    monkeypatch.undo()
+    assert data.load(xray_folder, 24).fingerprint != first.fingerprint
+
+
+def test_corrupt_image_error_names_the_file(xray_folder):
+    bad = xray_folder / "test" / "PNEUMONIA" / "broken.jpeg"
+    bad.write_bytes(next((xray_folder / "test" / "NORMAL").iterdir()).read_bytes()[:300])
+    with pytest.raises(UserError, match="broken.jpeg"):
+        data.load(xray_folder, 24)
+    s = data.load(xray_folder, 24, skip_bad_images=True)
+    assert len(s.skipped) == 1 and s.info()["skipped_images"] == 1 and len(s.y["test"]) == 6
+
+
+def test_non_image_file_is_named(xray_folder):
+    (xray_folder / "train" / "NORMAL" / "notes.txt").write_text("not an X-ray")
+    with pytest.raises(UserError, match="notes.txt"):
+        data.load(xray_folder, 24)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda r: [p.unlink() for p in (r / "train" / "NORMAL").iterdir()], "empty"),
+    (lambda r: __import__("shutil").rmtree(r / "test"), "test"),
+    (lambda r: [__import__("shutil").rmtree(r / s / "NORMAL") for s in ("train", "val", "test")], "two classes"),
+])
+def test_broken_layouts(xray_folder, breakage, message):
+    breakage(xray_folder)
+    with pytest.raises(UserError, match=message):
+        data.load(xray_folder, 24)
+
+
+def test_missing_path():
+    with pytest.raises(UserError, match="does not exist"):
+        data.load("/no/such/chest_xray", 24)
+
+
+def _arrays(rng, n, h=28):
+    return rng.integers(0, 256, (n, h, h), dtype=np.uint8), np.arange(n) % 2
+
+
+def test_medmnist_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 300), ("val", 120), ("test", 50)):
+        x, y = _arrays(rng, n)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = x, y[:, None]  # MedMNIST labels are N x 1
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    s = data.load(tmp_path / "pneumoniamnist.npz", 32)
+    assert s.x["train"].shape == (300, 1, 32, 32) and len(s.y["val"]) == 120
+    assert s.y["test"].tolist() == (np.arange(50) % 2).tolist()
+    # Upsampling a constant image keeps its value.
+    arrays["test_images"][:] = 77
+    np.savez(tmp_path / "const.npz", **arrays)
+    assert (data.load(tmp_path / "const.npz", 32).x["test"] == 77).all()
+    del arrays["val_labels"]
+    np.savez(tmp_path / "broken.npz", **arrays)
+    with pytest.raises(UserError, match="val_labels"):
+        data.load(tmp_path / "broken.npz", 32)
+
+
+def test_npy_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 40), ("val", 10), ("test", 12)):
+        x, y = _arrays(rng, n, 64)
+        if split == "train":
+            x = x[:, None].astype(np.float32) / 255  # N x 1 x H x W floats in [0, 1]
+        np.save(tmp_path / f"x_{split}.npy", x)
+        np.save(tmp_path / f"y_{split}.npy", y)
+    s = data.load(tmp_path, 64, min_val=5)
+    ref = np.load(tmp_path / "x_train.npy")[:, :, :, :] * 255
+    assert torch.equal(s.x["train"], torch.from_numpy(ref).round().to(torch.uint8))
+    assert s.x["val"].shape == (10, 1, 64, 64)
+    np.save(tmp_path / "y_test.npy", np.arange(11) % 2)
+    with pytest.raises(UserError, match="12 images but 11 labels"):
+        data.load(tmp_path, 64, min_val=5)
+    np.save(tmp_path / "y_test.npy", np.arange(12) % 3)
+    with pytest.raises(UserError, match="outside the classes"):
+        data.load(tmp_path, 64, min_val=5)
