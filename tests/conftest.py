@@ -29,3 +29,12 @@ def xray_folder(tmp_path):
             for f in part:
                 shutil.copy(f, root / split / cls / f.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session, sized for 2 cores, on loopback."""
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -88,6 +88,14 @@ class OptunaPruningSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+    def fail_unfinished(self, reason):
+        """After Tuner.fit returns early (Ctrl-C), resolve this driver's trials that never completed."""
+        for trial_id, ot_trial in self._ot_trials.items():
+            if trial_id not in self._completed_trials:
+                self._errors[trial_id] = reason
+                self.on_trial_complete(trial_id, error=True)
+
+
 class OptunaPruningScheduler(FIFOScheduler):
     def __init__(self, searcher):
         super().__init__()

@@ -208,13 +208,17 @@ def run(args):
             tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
             param_space={**base, **space.param_space},
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=OptunaPruningScheduler(searcher),
-                                        num_samples=n_trials, max_concurrent_trials=args.max_concurrent),
+                                        num_samples=n_trials, max_concurrent_trials=args.max_concurrent,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str((results / "ray" / space.name).resolve()),
                                       callbacks=[EpochLines()], verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-        tuner.fit()
+        try:
+            tuner.fit()
+        finally:
+            searcher.fail_unfinished("interrupted before its last epoch")
     report(study, space, out_dir, args, s)
     return study
 
