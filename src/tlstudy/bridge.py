@@ -31,11 +31,12 @@ STEP = "epoch"
 
 class OptunaPruningSearch(OptunaSearch):
     def __init__(self, *args, pruner=None, **kwargs):
-        super().__init__(*args, **kwargs)
+        # Set before OptunaSearch.__init__, which calls _setup_study when given a space.
         self._pruner = pruner or optuna.pruners.NopPruner()
         self._epochs = {}  # trial_id -> per-epoch records
         self._pruned = set()
         self._errors = {}
+        super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
