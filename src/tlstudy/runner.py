@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import ray
 from optuna.trial import TrialState
 from ray import tune
@@ -30,7 +31,7 @@ from tlstudy import data as tldata
 from tlstudy import export, spaces
 from tlstudy.bridge import METRIC, OptunaPruningScheduler, OptunaPruningSearch
 from tlstudy.errors import ArgumentParser, UserError
-from tlstudy.storage import default_url, open_storage
+from tlstudy.storage import default_url, enable_wal, open_storage
 from tlstudy.train import fit
 
 # quick: the default without a GPU, sized so taskE's 9 cells finish in about 5 minutes
@@ -157,31 +158,38 @@ def init_ray(args):
         raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
 
 
+def check_writable(folder):
+    """Fail early, creating nothing, when `folder` could not be made or written."""
+    p = folder.resolve()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK):
+        raise UserError(f"cannot write to results folder {folder}: {p} is not a writable folder")
+
+
 def run(args):
     """Run (or continue) the study of args.space; return the study."""
     space = spaces.load(args.space)
     if space.compare:
-        return [run(_with(args, space=name)) for name in space.compare]
+        studies = [run(_with(args, space=name, study_name=None)) for name in space.compare]
+        compare(space, studies, Path(args.results))
+        return studies
     s = settings(space, args)
     results = Path(args.results)
     out_dir = results / (args.study_name or space.name)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write to results folder {results}: {e.strerror}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise UserError(f"cannot write to results folder {out_dir}")
+    check_writable(results)
     args.storage = args.storage or default_url(results)
     base = base_config(space, s, args.seed)
     storage = open_storage(args.storage)
-    study = open_study(space, args, base, storage)
-
+    # The data before the study: a bad data set must not leave a half-made study behind.
     n, m, t = s["phantom_sizes"]
     splits = tldata.load(args.data, s["image_size"], seed=args.seed, skip_bad_images=args.skip_bad_images,
                          phantom_sizes={"train": n, "val": m, "test": t})
     if s["max_train"]:
         splits = tldata.subsample_train(splits, s["max_train"], args.seed)
     info = splits.info()
+    study = open_study(space, args, base, storage)
+    enable_wal(args.storage)
     study.set_user_attr("data", {k: v for k, v in info.items() if k != "classes"})
     print(f"space {space.name}: {space.description}")
     print(f"profile {args.profile}: {s}")
@@ -230,7 +238,7 @@ def report(study, space, out_dir, args, s):
     print(f"\n{study.study_name}: {len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in states.items()))
     table = export.cell_table(trials, space.axes)
     if len(table):
-        print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+        print(_table_text(table))
     best = json.loads(paths["best_config"].read_text())
     if best:
         print(f"\nbest trial #{best['trial']}: val loss {best['best_val_loss']:.4f}, "
@@ -240,12 +248,29 @@ def report(study, space, out_dir, args, s):
     print(f"browse: optuna-dashboard {args.storage}")
 
 
-def _has_tabulate():
+def compare(space, studies, results):
+    """Task D: the compared studies' cell tables side by side, per architecture and weights."""
+    tables = []
+    for study in studies:
+        sp = spaces.load(study.user_attrs["space"])
+        t = export.cell_table(export.trials_frame(study, sp.fixed), sp.axes)
+        tables.append(t.assign(task=sp.name, mode=sp.fixed.get("mode")))
+    table = pd.concat(tables, ignore_index=True)
+    keys = [k for k in ("arch", "weights") if k in table.columns]
+    table = table.sort_values(keys + ["task"], kind="stable")
+    out = results / space.name
     try:
-        import tabulate  # noqa: F401  (pandas' to_markdown needs it)
-        return True
-    except ImportError:
-        return False
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "comparison.csv", index=False)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
+    print(f"\n{space.name}: {space.description}")
+    print(_table_text(table))
+    print(f"comparison: {out / 'comparison.csv'}")
+
+
+def _table_text(table):
+    return table.to_markdown(index=False)
 
 
 def _with(args, **changes):
@@ -299,6 +324,7 @@ def _sizes(text):
 
 
 def main(argv=None):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_spaces:

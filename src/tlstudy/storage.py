@@ -8,7 +8,6 @@ file while a study writes to it (optuna-dashboard issue 545, "database is locked
 import sqlite3
 from pathlib import Path
 
-import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -28,14 +27,7 @@ def open_storage(url):
         _check_parent(path, url)
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        _check_parent(path, url)
-        try:
-            # WAL is a property of the database file: set it once, before Optuna connects.
-            with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as con:
-                con.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"storage {url} is not a usable SQLite database ({e})") from None
+        _check_parent(Path(url.removeprefix("sqlite:///")), url)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
@@ -46,6 +38,16 @@ def open_storage(url):
         raise UserError(f"cannot open storage {url}: {msg}") from None
 
 
+def enable_wal(url):
+    """Switch a SQLite storage to WAL mode, so readers (optuna-dashboard) and the writing
+    study do not lock each other out. WAL is a property of the file and rewrites its
+    header: call this only once the run is known to go ahead, so that a refused run
+    leaves the file byte-for-byte as it was."""
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url.removeprefix("sqlite:///"), timeout=SQLITE_TIMEOUT_S) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+
+
 def _check_parent(path, url):
     if not path.parent.is_dir():
         try:
@@ -53,6 +55,3 @@ def _check_parent(path, url):
         except OSError as e:
             raise UserError(f"cannot create the folder for storage {url}: {e.strerror}") from None
 
-
-def study_summaries(storage):
-    return optuna.get_all_study_summaries(storage, include_best_trial=False)
