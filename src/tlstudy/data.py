@@ -82,7 +82,8 @@ def load(source="phantom", image_size=64, *, seed=0, phantom_sizes=None, min_val
     source = str(source)
     if source == "phantom":
         sizes = {**PHANTOM_SIZES, **(phantom_sizes or {})}
-        key = {"phantom": phantom.GENERATOR_VERSION, "sizes": sizes, "seed": seed}
+        # The generator's own source is in the key: any change to the pictures invalidates the cache.
+        key = {"phantom": hashlib.sha1(Path(phantom.__file__).read_bytes()).hexdigest(), "sizes": sizes, "seed": seed}
         build = lambda: _phantom(sizes, image_size, seed)  # noqa: E731
         label = f"phantom (synthetic, seed {seed})"
     else:
