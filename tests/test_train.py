@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlstudy import data, train
+from tlstudy import data, phantom, train
 from tlstudy.errors import UserError
 
 ROOT = Path(__file__).parents[1]
@@ -17,24 +17,33 @@ def phantom32():
     return data.load("phantom", 32, seed=0, phantom_sizes={"train": 320, "val": 100, "test": 100}, use_cache=False)
 
 
+@pytest.fixture(scope="module")
+def balanced32():
+    """Phantoms with half of each class, so that chance is 50 % on every split."""
+    x, y = {}, {}
+    for i, (split, n) in enumerate((("train", 320), ("val", 100), ("test", 100))):
+        a, b = phantom.make_split(n, 32, 10 + i, shifted=(split == "test"), normal_fraction=0.5)
+        x[split], y[split] = torch.from_numpy(a), torch.from_numpy(b)
+    return data.Splits(x, y, ["NORMAL", "PNEUMONIA"], "phantom (balanced)", "test")
+
+
 def run(config, splits):
     return list(train.fit(config, splits))
 
 
-def test_training_lowers_loss_and_beats_chance(phantom32):
-    epochs = run(dict(weights="none", optimizer="adam", lr=1e-3, epochs=4, batch_size=32, schedule="none"), phantom32)
-    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
-    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    # Majority class (PNEUMONIA) is ~74 % of val: beating chance means beating that.
-    majority = phantom32.y["val"].float().mean().item()
-    assert max(e["val_acc"] for e in epochs) > max(majority, 1 - majority) + 0.05
+def test_training_lowers_loss_and_beats_chance(balanced32):
+    epochs = run(dict(weights="none", optimizer="adam", lr=1e-3, epochs=5, batch_size=32, schedule="cosine"), balanced32)
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
+    assert epochs[-1]["train_loss"] < 0.5 * epochs[0]["train_loss"]
+    # Chance is 50 %; measured: 75 % at epoch 5 from a random init at 32 px.
+    assert max(e["val_acc"] for e in epochs) >= 0.65
     last = epochs[-1]["summary"]
     assert all("summary" not in e for e in epochs[:-1])
     assert last["best_val_loss"] == min(e["val_loss"] for e in epochs)
     assert epochs[last["best_epoch"] - 1]["val_loss"] == last["best_val_loss"]
     assert last["test_best_total"] == 100 and 0 <= last["test_best_acc"] <= 1
     assert last["weights_source"] == "none" and last["device"] == "cpu"
-    assert last["n_train"] == 320 and last["data_source"].startswith("phantom")
+    assert last["n_train"] == 320 and last["data_source"] == "phantom (balanced)"
 
 
 def test_same_seed_same_metrics_and_repeat_tiles_input(phantom32):

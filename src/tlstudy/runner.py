@@ -38,7 +38,7 @@ from tlstudy.train import fit
 # on 2 CPU cores. full: the report's protocol. A space file may override either
 # (QUICK = dict(...)), and every key is also a command-line flag.
 PROFILES = {
-    "quick": dict(image_size=32, epochs=3, step_size=1, phantom_sizes=(400, 100, 200), max_train=400,
+    "quick": dict(image_size=32, epochs=5, step_size=2, phantom_sizes=(400, 100, 200), max_train=400,
                   weights_policy="auto"),
     "full": dict(image_size=224, epochs=30, step_size=7, phantom_sizes=(5216, 522, 624), max_train=None,
                  weights_policy="strict"),

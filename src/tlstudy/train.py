@@ -92,7 +92,7 @@ def fit(config, data):
         if epoch == cfg["epochs"]:
             summary = summarize(model, x, y, data, best, history, eval_repeat, run)
             summary.update(wall_s=time.perf_counter() - t_start, startup_s=startup_s,
-                           weights_source=weights_source, device=str(device), amp=amp,
+                           weights_source=weights_source, device=str(device), threads=torch.get_num_threads(), amp=amp,
                            channels_last=channels_last, **data.info())
             rec = {**rec, "summary": summary}
         yield rec
