@@ -102,3 +102,12 @@ def test_trial_cli_bad_input_is_one_line_exit_2(args, message):
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_trial_runs_with_bf16_and_channels_last(balanced32):
+    cfg = dict(weights="none", epochs=2, batch_size=32, augment=True)
+    gpu = run({**cfg, "device": "cuda"}, balanced32)[-1]["summary"]
+    assert gpu["device"] == "cuda" and gpu["amp"] == torch.cuda.is_bf16_supported() and gpu["channels_last"] == gpu["amp"]
+    assert gpu["test_best_total"] == 100 and gpu["best_train_acc"] > 0.5
