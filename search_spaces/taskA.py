@@ -10,4 +10,4 @@ PARAM_SPACE = {
     "arch": tune.choice(["resnext50_32x4d", "resnet101"]),
 }
 # Both networks are 10-20x the cost of resnet18: the quick profile shrinks the data further.
-QUICK = dict(phantom_sizes=(160, 100, 100), max_train=160, epochs=2)
+QUICK = dict(phantom_sizes=(240, 100, 200), max_train=240, epochs=4)

@@ -12,4 +12,4 @@ PARAM_SPACE = {
     "arch": tune.choice(["resnext50_32x4d", "resnet101"]),
     "weights": tune.choice(["IMAGENET1K_V1", "IMAGENET1K_V2"]),
 }
-QUICK = dict(phantom_sizes=(160, 100, 100), max_train=160, epochs=2)
+QUICK = dict(phantom_sizes=(240, 100, 200), max_train=240, epochs=4)

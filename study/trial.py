@@ -21,6 +21,7 @@ def parse_args(argv):
                    help="'phantom' (embedded synthetic data), a chest_xray folder, a .npz file or a folder of .npy arrays")
     g.add_argument("--image-size", type=int, default=64, help="pixels per side (the report used 224)")
     g.add_argument("--phantom-sizes", default="600,150,200", help="train,val,test sizes of the phantom data")
+    g.add_argument("--max-train", type=int, help="a stratified subset of train of this size (as the study's profiles)")
     g.add_argument("--min-val", type=int, default=tldata.MIN_VAL,
                    help="a smaller val split is replaced by a stratified 10%% of train")
     g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping")
@@ -52,6 +53,8 @@ def main(argv=None):
     data = tldata.load(args.data, args.image_size, seed=config["seed"], min_val=args.min_val,
                        phantom_sizes={"train": n_train, "val": n_val, "test": n_test},
                        skip_bad_images=args.skip_bad_images)
+    if args.max_train:
+        data = tldata.subsample_train(data, args.max_train, config["seed"])
     info = data.info()
     print(f"data: {info['data_source']}  train/val/test {info['n_train']}/{info['n_val']}/{info['n_test']}"
           f"  {info['image_size']} px  classes {info['classes']}")

@@ -101,6 +101,19 @@ def wait_for(results, name, predicate, timeout=240):
     pytest.fail(f"no trial of {name} got there within {timeout} s")
 
 
+def test_best_config_command_reproduces_the_trial(taske):
+    best = json.loads((taske / "taskE" / "best_config.json").read_text())
+    out = taske / "rerun.json"
+    cmd = best["command"].replace("python study/trial.py", f"{sys.executable} {ROOT / 'study' / 'trial.py'}", 1)
+    # One thread, as the 1-CPU Ray trial had: the same config must give the same numbers.
+    r = subprocess.run(cmd + f" --json {out}", shell=True, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["best_val_loss"] == pytest.approx(best["best_val_loss"], rel=1e-5)
+    assert summary["test_best_acc"] == best["test_best_acc"]
+
+
 SMALL_SPACE = """
 \"\"\"A two-cell test space: resnet18 from scratch, out_features 2 or 3.\"\"\"
 from ray import tune

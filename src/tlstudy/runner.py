@@ -232,7 +232,9 @@ def run(args):
 
 
 def report(study, space, out_dir, args, s):
-    data_args = {"data": args.data, "image_size": s["image_size"]}
+    data_args = {"data": args.data, "image_size": s["image_size"], "max_train": s["max_train"],
+                 **({"phantom_sizes": ",".join(map(str, s["phantom_sizes"]))} if args.data == "phantom" else {})}
+    data_args = {k: v for k, v in data_args.items() if v is not None}
     trials, paths = export.write(study, space, out_dir, data_args)
     states = trials.state.value_counts().to_dict() if len(trials) else {}
     print(f"\n{study.study_name}: {len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in states.items()))
