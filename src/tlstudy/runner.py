@@ -23,6 +23,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import ray
+import torch
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
@@ -238,6 +239,10 @@ def report(study, space, out_dir, args, s):
     trials, paths = export.write(study, space, out_dir, data_args)
     states = trials.state.value_counts().to_dict() if len(trials) else {}
     print(f"\n{study.study_name}: {len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in states.items()))
+    fallback = int((trials.get("weights_source") == "random-fallback").sum()) if len(trials) else 0
+    if fallback:
+        print(f"WARNING: {fallback} trials trained from a RANDOM init: their pretrained weights were not in "
+              f"{torch.hub.get_dir()}/checkpoints (weights_source=random-fallback). V1/V2 comparisons are void.")
     table = export.cell_table(trials, space.axes)
     if len(table):
         print(_table_text(table))
@@ -344,5 +349,4 @@ def main(argv=None):
 
 
 def _has_gpu():
-    import torch
     return torch.cuda.is_available()
