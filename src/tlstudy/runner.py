@@ -109,12 +109,12 @@ def open_study(space, args, base, storage):
     return study
 
 
-def resolve_running(study):
+def resolve_running(study, storage):
     """Trials a crashed or killed driver left RUNNING will never report again: mark them FAIL."""
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
     for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left RUNNING by an interrupted driver")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        storage.set_trial_user_attr(t._trial_id, "fail_reason", "left RUNNING by an interrupted driver")
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     return len(stale)
 
 
@@ -197,7 +197,7 @@ def run(args):
     print(f"data: {info['data_source']}  train/val/test {info['n_train']}/{info['n_val']}/{info['n_test']} "
           f"at {info['image_size']} px" + (f"\nnote: {splits.val_note}" if splits.val_note else ""))
 
-    failed = resolve_running(study)
+    failed = resolve_running(study, storage)
     if failed:
         print(f"resume: {failed} trials left RUNNING by an interrupted run marked FAIL; their cells run again")
     enqueue_cells(study, space, args.samples_per_cell)
@@ -281,10 +281,7 @@ def _table_text(table):
 
 
 def _with(args, **changes):
-    new = type(args)(**vars(args))
-    for k, v in changes.items():
-        setattr(new, k, v)
-    return new
+    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def build_parser():
