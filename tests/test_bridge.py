@@ -64,7 +64,7 @@ def test_complete_trial_value_is_its_lowest_val_loss(tmp_path):
     searcher = searcher_on(storage, optuna.pruners.NopPruner())
     scheduler = OptunaPruningScheduler(searcher)
     searcher.suggest("b")
-    last = {"epoch": 2, "val_loss": 0.6, "summary/test_best_acc": 0.75, "summary/wall_s": 3.0,
+    last = {"epoch": 2, "val_loss": 0.6, "summary/test_best_acc": 0.75, "summary/wall_s": 3.0, "summary/best_val_loss": 0.4,
             "summary/test_best_auc": float("nan")}
     for r in ({"epoch": 1, "val_loss": 0.4}, last):
         assert scheduler.on_trial_result(None, FakeTrial("b"), r) == TrialScheduler.CONTINUE

@@ -80,8 +80,11 @@ class OptunaPruningSearch(OptunaSearch):
             state, value = TrialState.FAIL, None
             reason = self._errors.get(trial_id) or ("error" if error else "stopped before its last epoch")
             ot_trial.set_user_attr("fail_reason", str(reason)[-2000:])
+        elif not math.isfinite(result["summary/best_val_loss"]):
+            state, value = TrialState.FAIL, None
+            ot_trial.set_user_attr("fail_reason", "non-finite val loss in every epoch")
         else:
-            state, value = TrialState.COMPLETE, min(e[METRIC] for e in epochs)
+            state, value = TrialState.COMPLETE, result["summary/best_val_loss"]
             for k, v in result.items():
                 if k.startswith("summary/") and _storable(v):
                     ot_trial.set_user_attr(k[len("summary/"):], v)

@@ -87,7 +87,8 @@ def fit(config, data):
         rec = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
                    val_acc=val_acc, lr=lr, epoch_s=time.perf_counter() - t0)
         history.append(rec)
-        if val_loss < best["val_loss"]:
+        # "not <" keeps a NaN first epoch from leaving the trial without any checkpoint.
+        if "state" not in best or val_loss < best["val_loss"] or not np.isfinite(best["val_loss"]):
             best = {"val_loss": val_loss, "epoch": epoch, "state": _state_copy(model)}
         if epoch == cfg["epochs"]:
             summary = summarize(model, x, y, data, best, history, eval_repeat, run)
