@@ -252,7 +252,8 @@ def report(study, space, out_dir, args, s):
               f"test acc {best['test_best_acc']:.2%}\n  {json.dumps(best['config'])}\n  re-run: {best['command']}")
     for name, p in paths.items():
         print(f"{name}: {p}")
-    print(f"browse: optuna-dashboard {args.storage}")
+    print(f"browse: optuna-dashboard {args.storage}   (or: python study/dashboard.py --space {space.name}"
+          f"{'' if args.storage == default_url(args.results) else f' --storage {args.storage}'})")
 
 
 def compare(space, studies, results):
