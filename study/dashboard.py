@@ -2,7 +2,7 @@
 
 Serves the study's storage on 127.0.0.1 and prints the address to open. The same as
 optuna-dashboard's own command, for those who prefer it:
-    optuna-dashboard sqlite:///results/optuna.db --host 127.0.0.1 --port 8080
+    optuna-dashboard sqlite:///results/optuna.db --artifact-dir results/artifacts --host 127.0.0.1 --port 8080
 """
 import argparse
 import sys
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import optuna_dashboard
+from optuna.artifacts import FileSystemArtifactStore
 
 from tlstudy.errors import ArgumentParser, UserError, run_cli
 from tlstudy.storage import default_url, open_storage
@@ -34,7 +35,10 @@ def main(argv=None):
         raise UserError(f"storage {url} holds no study {name!r}; it holds {sorted(names) or 'none'}")
     address = f"http://{args.host}:{args.port}/dashboard/"
     print(f"optuna-dashboard on {url}: open {address + (f'studies/{names[name]}' if name else '')}", flush=True)
-    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    # The learning-curve artifacts that study/run.py uploads live beside the storage.
+    artifacts = Path(args.results) / "artifacts"
+    store = FileSystemArtifactStore(str(artifacts)) if artifacts.is_dir() else None
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=store)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,11 @@ def test_every_cell_covered_and_trials_pruned(taske):
             assert len(history) == 3 and t.value == min(e["val_loss"] for e in history)
             assert t.user_attrs["best_val_loss"] == t.value
             assert t.user_attrs["test_best_total"] == 40 and t.user_attrs["weights_source"] == "random-fallback"
+    # Each finished trial carries its learning curve as a PNG artifact for optuna-dashboard.
+    for t in done:
+        meta = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
+        assert [m.mimetype for m in meta] == ["image/png"]
+        assert (taske / "artifacts" / meta[0].artifact_id).stat().st_size > 1000
     # resnet18 has no V2 weights: the space fixes V1 and no trial ever saw anything else.
     trials = pd.read_csv(taske / "taskE" / "trials.csv")
     assert set(trials.weights) == {"IMAGENET1K_V1"} and set(trials.arch) == {"resnet18"}

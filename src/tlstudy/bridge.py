@@ -19,20 +19,26 @@ The Ray internals this relies on (`OptunaSearch._setup_study`, `_ot_study`,
 """
 import json
 import math
+import os
+import tempfile
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
+
+from tlstudy import plots
 
 METRIC = "val_loss"
 STEP = "epoch"
 
 
 class OptunaPruningSearch(OptunaSearch):
-    def __init__(self, *args, pruner=None, **kwargs):
+    def __init__(self, *args, pruner=None, artifact_dir=None, **kwargs):
         # Set before OptunaSearch.__init__, which calls _setup_study when given a space.
         self._pruner = pruner or optuna.pruners.NopPruner()
+        self._artifact_dir = artifact_dir
         self._epochs = {}  # trial_id -> per-epoch records
         self._pruned = set()
         self._errors = {}
@@ -73,6 +79,8 @@ class OptunaPruningSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         epochs = self._epochs.get(trial_id, [])
         ot_trial.set_user_attr("history", json.dumps(epochs))
+        if self._artifact_dir and epochs:
+            self._upload_learning_curve(ot_trial, epochs)
         if trial_id in self._pruned:
             state, value = TrialState.PRUNED, None
         elif error or not result or "summary/test_best_acc" not in result:
@@ -91,6 +99,14 @@ class OptunaPruningSearch(OptunaSearch):
         self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
 
+
+    def _upload_learning_curve(self, ot_trial, epochs):
+        """The trial's learning curve as an Optuna artifact, so optuna-dashboard shows it on the trial's page."""
+        store = FileSystemArtifactStore(str(self._artifact_dir))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"learning_curve_trial{ot_trial.number}.png")
+            plots.learning_curve(epochs, path, f"trial {ot_trial.number}")
+            upload_artifact(artifact_store=store, file_path=path, study_or_trial=ot_trial, mimetype="image/png")
 
     def fail_unfinished(self, reason):
         """After Tuner.fit returns early (Ctrl-C), resolve this driver's trials that never completed."""

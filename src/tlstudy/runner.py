@@ -159,6 +159,13 @@ def init_ray(args):
         raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
 
 
+def artifact_dir(results):
+    """Where the trials' learning-curve artifacts live (optuna-dashboard needs the same folder)."""
+    path = (results / "artifacts").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def check_writable(folder):
     """Fail early, creating nothing, when `folder` could not be made or written."""
     p = folder.resolve()
@@ -211,7 +218,8 @@ def run(args):
         init_ray(args)
         searcher = OptunaPruningSearch(space=None, metric=METRIC, mode="min", storage=storage,
                                        study_name=study.study_name, sampler=study.sampler,
-                                       pruner=make_pruner(args.pruner, s["epochs"]))
+                                       pruner=make_pruner(args.pruner, s["epochs"]),
+                                       artifact_dir=artifact_dir(results))
         resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
@@ -252,7 +260,9 @@ def report(study, space, out_dir, args, s):
               f"test acc {best['test_best_acc']:.2%}\n  {json.dumps(best['config'])}\n  re-run: {best['command']}")
     for name, p in paths.items():
         print(f"{name}: {p}")
-    print(f"browse: optuna-dashboard {args.storage}   (or: python study/dashboard.py --space {space.name}"
+    print(f"browse: optuna-dashboard {args.storage} --artifact-dir {Path(args.results) / 'artifacts'}"
+          f"   (or: python study/dashboard.py --space {space.name}"
+          f"{'' if args.results == 'results' else f' --results {args.results}'}"
           f"{'' if args.storage == default_url(args.results) else f' --storage {args.storage}'})")
 
 
