@@ -48,9 +48,6 @@ class OptunaPruningSearch(OptunaSearch):
         super()._setup_study(mode)
         self._ot_study.pruner = self._pruner
 
-    def ot_trial(self, trial_id):
-        return self._ot_trials[trial_id]
-
     def record(self, trial_id, result):
         """Take one epoch's result; return True when the pruner says to stop the trial."""
         ot_trial = self._ot_trials[trial_id]

@@ -14,8 +14,6 @@ from optuna.trial import TrialState
 
 from tlstudy.errors import UserError
 
-REPORT_COLUMNS = ["Final Train Loss", "Best Train acc", "Final Val Loss", "Best Val acc",
-                  "Best Val Loss (epoch)", "Test acc (best-val ckpt)", "Time"]
 
 
 def trials_frame(study, fixed=None):
@@ -57,7 +55,7 @@ def best_config(study, space, data_args):
             "command": "python study/trial.py " + shlex.join(flags)}
 
 
-def cell_table(trials, axes, epochs_total=None):
+def cell_table(trials, axes):
     """The report's columns for each cell's best COMPLETE trial (by val loss), plus n and states."""
     if trials.empty:
         return pd.DataFrame()

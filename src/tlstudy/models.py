@@ -66,10 +66,6 @@ def build(arch, weights="none", out_features=2, mode="finetune", policy="auto", 
     return model, source
 
 
-def head(model):
-    return _head(model)[1]
-
-
 def set_mode(model, mode, training):
     """model.train(training), except that a frozen backbone always stays in eval mode
     so its BatchNorm running statistics never move."""

@@ -121,14 +121,11 @@ def resolve_running(study, storage):
 def enqueue_cells(study, space, samples_per_cell):
     """Enqueue each cell's fixed values until every cell has samples_per_cell live or finished trials."""
     trials = study.get_trials(deepcopy=False, states=ACTIVE)
-    added = 0
     for cell in space.cells:
         have = sum(all(t.params.get(k, t.system_attrs.get("fixed_params", {}).get(k)) == v for k, v in cell.items())
                    for t in trials)
         for _ in range(samples_per_cell - have):
             study.enqueue_trial(cell, skip_if_exists=False)
-            added += 1
-    return added
 
 
 def free_trials_done(study):
