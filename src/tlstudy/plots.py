@@ -20,3 +20,62 @@ def learning_curve(history, path, title=""):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def learning_curves(per_trial, epochs, axes, path):
+    """Train (dashed) and val (solid) loss per epoch, one panel per cell; the cell's
+    trials in one colour each, pruned ones faint, failed ones left out."""
+    keys = ["task", "number"]
+    cells = list(per_trial.groupby(axes, sort=True, dropna=False)) if axes else [((), per_trial)]
+    cols = min(3, len(cells))
+    rows = -(-len(cells) // cols)
+    fig, panels = plt.subplots(rows, cols, figsize=(4.2 * cols, 3 * rows), dpi=90, squeeze=False, sharey=True)
+    for ax in panels.flat[len(cells):]:
+        ax.axis("off")
+    for ax, (cell, g) in zip(panels.flat, cells):
+        cell = cell if isinstance(cell, tuple) else (cell,)
+        for i, (_, t) in enumerate(g[g.state != "FAIL"].iterrows()):
+            e = epochs[(epochs[keys[0]] == t[keys[0]]) & (epochs[keys[1]] == t[keys[1]])].sort_values("epoch")
+            alpha = 0.25 if t.state == "PRUNED" else 1.0
+            color = f"C{i % 10}"
+            ax.plot(e.epoch, e.train_loss, "--", color=color, alpha=alpha)
+            ax.plot(e.epoch, e.val_loss, "-", color=color, alpha=alpha, label=f"#{t.number} {t.state.lower()}")
+        ax.set_title(", ".join(f"{k}={v}" for k, v in zip(axes, cell)), fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.legend(fontsize=6)
+    panels[0][0].set_ylabel("loss (dashed: train, solid: val)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def test_accuracy(rows, path):
+    """Each cell's test accuracy (best-val checkpoint of its best trial) with its 95 % interval."""
+    r = rows.dropna(subset=["test_acc"]) if "test_acc" in rows else rows.iloc[0:0]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(r), 2) + 1.2), dpi=90)
+    y = range(len(r))
+    ax.errorbar(r.test_acc, y, xerr=[r.test_acc - r.test_ci_low, r.test_ci_high - r.test_acc], fmt="o", capsize=3)
+    ax.set_yticks(list(y), list(r.cell), fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy (95 % bootstrap interval)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def val_vs_test(per_trial, path):
+    """Val accuracy at the best-val checkpoint against test accuracy, one point per completed trial."""
+    t = per_trial[per_trial.state == "COMPLETE"]
+    fig, ax = plt.subplots(figsize=(4.5, 4.2), dpi=90)
+    if "test_best_acc" in t:
+        ax.scatter(t.val_acc_at_best, t.test_best_acc, s=18)
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="val = test")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("val accuracy (best-val checkpoint)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
