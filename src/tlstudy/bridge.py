@@ -14,16 +14,25 @@ searcher.on_trial_result on STOP. So:
 - `OptunaPruningScheduler` runs for every result before anything else, records it
   through the searcher and returns STOP when the pruner says so.
 
+- It also keeps its trials' heartbeats (SQL storages): Optuna's own heartbeat thread
+  only runs inside Study.optimize, and Tune drives the study through ask/tell. A
+  driver that dies stops beating, and the next driver fails its trials
+  (tlstudy.runner.resolve_abandoned) while leaving those of a live driver alone.
+
 The Ray internals this relies on (`OptunaSearch._setup_study`, `_ot_study`,
 `_ot_trials`, the call order) are pinned by tests/test_bridge.py.
 """
 import json
 import math
 import os
+import socket
 import tempfile
+import threading
+import warnings
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -42,11 +51,41 @@ class OptunaPruningSearch(OptunaSearch):
         self._epochs = {}  # trial_id -> per-epoch records
         self._pruned = set()
         self._errors = {}
+        self._driver = f"{socket.gethostname()}:{os.getpid()}"
+        self._beating = None  # the heartbeat thread's stop event, once started
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
         self._ot_study.pruner = self._pruner
+
+    def suggest(self, trial_id):
+        with warnings.catch_warnings():  # "Heartbeat of storage is supposed to be used with Study.optimize"
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            config = super().suggest(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        if is_heartbeat_enabled(self._storage):
+            self._storage.record_heartbeat(ot_trial._trial_id)
+            if self._beating is None:
+                self._beating = threading.Event()
+                threading.Thread(target=self._beat, args=(self._beating,), daemon=True).start()
+        ot_trial.set_user_attr("driver", self._driver)
+        return config
+
+    def _beat(self, stop):
+        interval = self._storage.get_heartbeat_interval()
+        while not stop.wait(interval):
+            for trial_id, ot_trial in list(self._ot_trials.items()):
+                if trial_id not in self._completed_trials:
+                    try:
+                        self._storage.record_heartbeat(ot_trial._trial_id)
+                    except Exception as e:  # a busy database: the grace period covers a missed beat
+                        warnings.warn(f"heartbeat of trial {ot_trial.number} not recorded: {e}")
+
+    @property
+    def started(self):
+        """How many trials this searcher has handed out."""
+        return len(self._ot_trials)
 
     def record(self, trial_id, result):
         """Take one epoch's result; return True when the pruner says to stop the trial."""
@@ -96,7 +135,6 @@ class OptunaPruningSearch(OptunaSearch):
         self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
 
-
     def _upload_learning_curve(self, ot_trial, epochs):
         """The trial's learning curve as an Optuna artifact, so optuna-dashboard shows it on the trial's page."""
         store = FileSystemArtifactStore(str(self._artifact_dir))
@@ -106,11 +144,15 @@ class OptunaPruningSearch(OptunaSearch):
             upload_artifact(artifact_store=store, file_path=path, study_or_trial=ot_trial, mimetype="image/png")
 
     def fail_unfinished(self, reason):
-        """After Tuner.fit returns early (Ctrl-C), resolve this driver's trials that never completed."""
-        for trial_id, ot_trial in self._ot_trials.items():
-            if trial_id not in self._completed_trials:
-                self._errors[trial_id] = reason
-                self.on_trial_complete(trial_id, error=True)
+        """After Tuner.fit returns (early on Ctrl-C), resolve this driver's trials that never
+        completed and stop the heartbeats; return how many there were."""
+        unfinished = [t for t in self._ot_trials if t not in self._completed_trials]
+        for trial_id in unfinished:
+            self._errors[trial_id] = reason
+            self.on_trial_complete(trial_id, error=True)
+        if self._beating is not None:
+            self._beating.set()
+        return len(unfinished)
 
 
 class OptunaPruningScheduler(FIFOScheduler):

@@ -2,9 +2,17 @@
 
 `--storage` takes a SQLAlchemy URL (sqlite:///results/optuna.db, postgresql://...,
 mysql://...) or an Optuna journal file (a path ending in .log, or journal:PATH).
-SQLite gets WAL mode and a busy timeout, so that optuna-dashboard can read the
-file while a study writes to it (optuna-dashboard issue 545, "database is locked").
+
+- SQLite gets WAL mode and a busy timeout, so that optuna-dashboard can read the
+  file while a study writes to it (optuna-dashboard issue 545, "database is locked").
+- PostgreSQL goes through psycopg 3 (`pip install tlstudy[postgres]`); a plain
+  postgresql:// URL is taken to mean it when psycopg2 is not installed.
+- SQL storages record heartbeats (`heartbeat` seconds): a RUNNING trial whose driver
+  has not beaten for GRACE_BEATS heartbeats is abandoned, so a driver can tell a
+  crashed driver's trials from those of a live one sharing the study. Journal files
+  have no heartbeats: one driver at a time.
 """
+import importlib.util
 import sqlite3
 from pathlib import Path
 
@@ -14,14 +22,16 @@ from optuna.storages.journal import JournalFileBackend
 from tlstudy.errors import UserError
 
 SQLITE_TIMEOUT_S = 60
+GRACE_BEATS = 3
 
 
 def default_url(results_dir):
     return f"sqlite:///{Path(results_dir) / 'optuna.db'}"
 
 
-def open_storage(url):
-    """An Optuna storage object for `url`: OptunaSearch takes objects, never URL strings."""
+def open_storage(url, heartbeat=None):
+    """An Optuna storage object for `url`: OptunaSearch takes objects, never URL strings.
+    `heartbeat`: seconds between the heartbeats of running trials (SQL storages only)."""
     if url.startswith("journal:") or url.endswith(".log"):
         path = Path(url.removeprefix("journal:"))
         _check_parent(path, url)
@@ -31,11 +41,27 @@ def open_storage(url):
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
+    sa_url = url
+    if url.startswith(("postgresql://", "postgres://")) and not importlib.util.find_spec("psycopg2"):
+        sa_url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    beats = dict(heartbeat_interval=int(heartbeat), grace_period=GRACE_BEATS * int(heartbeat)) if heartbeat else {}
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as e:  # SQLAlchemy's errors for bad URLs, missing drivers, refused connections
+        return RDBStorage(sa_url, engine_kwargs=engine_kwargs, **beats)
+    except ModuleNotFoundError as e:
+        hint = " (pip install 'tlstudy[postgres]')" if "psycopg" in str(e) else ""
+        raise UserError(f"cannot open storage {url}: no driver: {e}{hint}") from None
+    except Exception as e:  # SQLAlchemy's errors for bad URLs, refused connections, bad passwords
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot open storage {url}: {msg}") from None
+
+
+def storage_exists(url):
+    """False only for a file storage (SQLite, journal) whose file is missing: reading must not create it."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).is_file()
+    if url.startswith("journal:") or url.endswith(".log"):
+        return Path(url.removeprefix("journal:")).is_file()
+    return True
 
 
 def enable_wal(url):
@@ -54,4 +80,3 @@ def _check_parent(path, url):
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create the folder for storage {url}: {e.strerror}") from None
-
