@@ -102,7 +102,7 @@ def load(source="phantom", image_size=64, *, seed=0, phantom_sizes=None, min_val
         label = str(path)
     key["image_size"] = image_size
     fingerprint = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    raw = _cached(fingerprint, build) if use_cache else build()
+    raw = cached(f"data-{fingerprint}", build) if use_cache else build()
     x, y = raw["x"], raw["y"]
     _check_labels(y, raw["classes"], source)
     val_note = ""
@@ -111,8 +111,9 @@ def load(source="phantom", image_size=64, *, seed=0, phantom_sizes=None, min_val
     return Splits(x, y, raw["classes"], label, fingerprint, val_note, raw.get("skipped", []))
 
 
-def _cached(fingerprint, build):
-    path = cache_dir() / f"data-{fingerprint}.pt"
+def cached(name, build):
+    """torch.load(cache_dir()/name.pt), or build() and store it there for every later caller."""
+    path = cache_dir() / f"{name}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
     raw = build()

@@ -7,7 +7,9 @@ between epochs. The last epoch's dict also carries the trial's results under
 lowest val loss (test_best_*) AND of the final epoch (test_final_*).
 
 The data stay uint8 tensors (on the GPU when there is one); each batch is picked
-by indexing, then expanded and normalised as a whole (`tlstudy.transforms`).
+by indexing, then expanded and normalised as a whole (`tlstudy.transforms`). A frozen
+backbone without augmentation runs once per split instead of once per epoch: the head
+trains on its cached output (`tlstudy.features`), with the same batches in the same order.
 """
 import copy
 import random
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlstudy import metrics, models
+from tlstudy import features, metrics, models
 from tlstudy.errors import UserError
 from tlstudy.transforms import augment, parse_repeat, to_input
 
@@ -44,6 +46,7 @@ DEFAULTS = dict(
     device="auto",  # auto: cuda when present, else cpu
     amp="auto",  # bf16 autocast: auto = where the hardware has native bf16; on; off
     channels_last="auto",  # auto = together with bf16, where it pays; on; off
+    feature_cache="auto",  # auto: a frozen trial without augmentation trains its head on cached features; off
 )
 EVAL_BATCH = 128
 
@@ -62,17 +65,23 @@ def fit(config, data):
     model, weights_source = models.build(cfg["arch"], cfg["weights"], cfg["out_features"], cfg["mode"],
                                          cfg["weights_policy"], data.num_classes)
     model.to(device, memory_format=fmt)
+    build_s = time.perf_counter() - t_start
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
     scheduler = make_scheduler(cfg, optimizer)
-    # The whole uint8 dataset fits on any GPU (Kermany at 224 px is 300 MB).
-    if device.type == "cuda":
+    run = dict(device=device, amp=amp, fmt=fmt, mode=cfg["mode"], features=features.applies(cfg))
+    y = {s: t.to(device, non_blocking=True) for s, t in data.y.items()}
+    if run["features"]:
+        repeats = {"train": train_repeat, "val": eval_repeat, "test": eval_repeat}
+        x, hits = features.for_splits(model, data.x, repeats, cfg, weights_source, run)
+        net = models.find_head(model)[1]  # trains in place: `model` ends with the trained head
+        feature_cache = {0: "built", len(x): "hit"}.get(hits, "partial")
+    elif device.type == "cuda":  # the whole uint8 dataset fits on any GPU (Kermany at 224 px is 300 MB)
         x = {s: t.pin_memory().to(device, non_blocking=True) for s, t in data.x.items()}
-        y = {s: t.to(device, non_blocking=True) for s, t in data.y.items()}
+        net, feature_cache = model, "off"
     else:
-        x, y = data.x, data.y
+        x, net, feature_cache = data.x, model, "off"
     gen = torch.Generator().manual_seed(cfg["seed"])
-    run = dict(device=device, amp=amp, fmt=fmt, mode=cfg["mode"])
 
     best = {"val_loss": float("inf")}
     history = []
@@ -80,8 +89,8 @@ def fit(config, data):
     for epoch in range(1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = train(model, x["train"], y["train"], optimizer, cfg, train_repeat, gen, run)
-        val_loss, val_acc, _ = validate(model, x["val"], y["val"], eval_repeat, run)
+        train_loss, train_acc = train(net, x["train"], y["train"], optimizer, cfg, train_repeat, gen, run)
+        val_loss, val_acc, _ = validate(net, x["val"], y["val"], eval_repeat, run)
         if scheduler:
             scheduler.step()
         rec = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
@@ -89,10 +98,11 @@ def fit(config, data):
         history.append(rec)
         # "not <" keeps a NaN first epoch from leaving the trial without any checkpoint.
         if "state" not in best or val_loss < best["val_loss"] or not np.isfinite(best["val_loss"]):
-            best = {"val_loss": val_loss, "epoch": epoch, "state": _state_copy(model)}
+            best = {"val_loss": val_loss, "epoch": epoch, "state": _state_copy(net)}
         if epoch == cfg["epochs"]:
-            summary = summarize(model, x, y, data, best, history, eval_repeat, run)
-            summary.update(wall_s=time.perf_counter() - t_start, startup_s=startup_s,
+            summary = summarize(net, x, y, data, best, history, eval_repeat, run)
+            summary.update(wall_s=time.perf_counter() - t_start, startup_s=startup_s, build_s=build_s,
+                           feature_cache=feature_cache,
                            weights_source=weights_source, device=str(device), threads=torch.get_num_threads(), amp=amp,
                            channels_last=channels_last, **data.info())
             rec = {**rec, "summary": summary}
@@ -115,7 +125,7 @@ def train(model, x, y, optimizer, cfg, repeat, gen, run):
         xb, yb = x[idx], y[idx]
         if cfg["augment"]:
             xb = augment(xb.float(), gen if xb.device.type == "cpu" else None)
-        inp = to_input(xb, repeat).contiguous(memory_format=run["fmt"])
+        inp = _input(xb, repeat, run)
         with torch.autocast(run["device"].type, dtype=torch.bfloat16, enabled=run["amp"]):
             out = model(inp)
         loss = criterion(out.float(), yb)
@@ -137,12 +147,17 @@ def validate(model, x, y, repeat, run):
     models.set_mode(model, run["mode"], training=False)
     logits = []
     for xb in x.split(EVAL_BATCH):
-        inp = to_input(xb, repeat).contiguous(memory_format=run["fmt"])
+        inp = _input(xb, repeat, run)
         with torch.autocast(run["device"].type, dtype=torch.bfloat16, enabled=run["amp"]):
             logits.append(model(inp).float())
     logits = torch.cat(logits)
     loss = nn.functional.cross_entropy(logits, y).item()
     return loss, metrics.accuracy(logits, y).item() / len(y), logits.cpu()
+
+
+def _input(xb, repeat, run):
+    """A batch as the network takes it: cached features as they are, images expanded and normalised."""
+    return xb if run["features"] else to_input(xb, repeat).contiguous(memory_format=run["fmt"])
 
 
 def summarize(model, x, y, data, best, history, eval_repeat, run):
@@ -184,6 +199,8 @@ def resolve(config):
     for k in ("amp", "channels_last"):
         if cfg[k] not in ("auto", "on", "off", True, False):
             raise UserError(f"{k} must be auto, on or off, not {cfg[k]!r}")
+    if cfg["feature_cache"] not in ("auto", "off"):
+        raise UserError(f"feature_cache must be auto or off, not {cfg['feature_cache']!r}")
     parse_repeat(cfg["train_repeat"]), parse_repeat(cfg["eval_repeat"])
     models.check(cfg["arch"], cfg["weights"], cfg["out_features"], mode=cfg["mode"], policy=cfg["weights_policy"])
     return cfg
