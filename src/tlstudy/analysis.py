@@ -447,7 +447,7 @@ def render(studies, space, tasks, shown, arch_table, rebuilt, beside, claims, im
     source = data.get("data_source", "?")
     devices = ", ".join(sorted(per_trial.device.dropna().astype(str).unique())) if "device" in per_trial else "?"
     fallback = int((per_trial.get("weights_source") == "random-fallback").sum()) if "weights_source" in per_trial else 0
-    phantom = source == "phantom"
+    phantom = str(source).startswith("phantom")
     lines = [f"# {space.name}: {space.description}", ""]
     lines += [("> **Data: the synthetic phantom** (`tlstudy.phantom`), not the Kermany chest X-rays. It cannot "
                "reproduce the report's numbers, only the shape of its findings; run with `--data "

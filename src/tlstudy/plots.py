@@ -29,7 +29,7 @@ def learning_curves(per_trial, epochs, axes, path):
     cells = list(per_trial.groupby(axes, sort=True, dropna=False)) if axes else [((), per_trial)]
     cols = min(3, len(cells))
     rows = -(-len(cells) // cols)
-    fig, panels = plt.subplots(rows, cols, figsize=(4.2 * cols, 3 * rows), dpi=90, squeeze=False, sharey=True)
+    fig, panels = plt.subplots(rows, cols, figsize=(4.2 * cols, 3 * rows), dpi=90, squeeze=False)
     for ax in panels.flat[len(cells):]:
         ax.axis("off")
     for ax, (cell, g) in zip(panels.flat, cells):
@@ -40,6 +40,7 @@ def learning_curves(per_trial, epochs, axes, path):
             color = f"C{i % 10}"
             ax.plot(e.epoch, e.train_loss, "--", color=color, alpha=alpha)
             ax.plot(e.epoch, e.val_loss, "-", color=color, alpha=alpha, label=f"#{t.number} {t.state.lower()}")
+        ax.set_yscale("log")  # a diverging trial would flatten the others on a linear axis
         ax.set_title(", ".join(f"{k}={v}" for k, v in zip(axes, cell)), fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch", fontsize=8)
