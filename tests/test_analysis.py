@@ -124,7 +124,7 @@ def test_report_page_and_rebuilt_tables(taske, tmp_path):
     assert arch.loc[0, "blocks per stage"] == "2=>2=>2=>2" and arch.loc[0, "parameters (M)"] == 11.18
     side = pd.read_csv(paths["report_vs_study"])
     assert list(side.source[:2]) == ["report", "this study"]
-    assert side["Test acc [95% CI]"][0] == "76.50%"  # the report's out_features=10 row
+    assert side["Test acc, best-val ckpt [95% CI]"][0] == "76.50%"  # the report's out_features=10 row
 
 
 def test_architecture_table_counts_resnext_and_resnet101():
@@ -148,7 +148,7 @@ def test_taskd_pairs_b_and_c(storage, tmp_path):
     t6 = pd.read_csv(paths["table6"])
     assert list(t6.cell) == ["arch=resnext50_32x4d, weights=IMAGENET1K_V1, task=taskB",
                              "arch=resnext50_32x4d, weights=IMAGENET1K_V1, task=taskC"]
-    assert [v.split(" ")[0] for v in t6["Test acc [95% CI]"]] == ["76.92%", "86.54%"]
+    assert [v.split(" ")[0] for v in t6["Test acc, best-val ckpt [95% CI]"]] == ["76.92%", "86.54%"]
     assert "table7" in paths and "table3" not in paths
     claims = pd.read_csv(paths["claims"]).set_index(pd.RangeIndex(1, 7))
     assert claims.verdict[4] == "supported"  # C beats B in every pair, 60 of 624 apart

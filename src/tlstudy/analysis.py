@@ -29,7 +29,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference" / "hom
 REPORT_TASKS = ("taskA", "taskB", "taskC", "taskE")
 CELL_KEYS = ("task", "arch", "weights", "mode", "out_features", "train_repeat", "eval_repeat")
 COLUMNS = ("Final Train Loss", "Best Train acc", "Final Val Loss", "Best Val acc", "Best Val Loss (epoch)",
-           "Test acc [95% CI]", "Time")
+           "Test acc, best-val ckpt [95% CI]", "Time")
 N_BOOT = 10_000
 
 
@@ -150,6 +150,7 @@ def format_cells(rows, axes):
             row["trial"] = f"#{int(r['trial'])}" + (" (pruned: no test)" if r["trial_state"] == "PRUNED" else "")
         else:
             row["trial"] = "none finished"
+        row["val-test gap"] = "" if pd.isna(r.get("val_test_gap", np.nan)) else f"{r['val_test_gap']:+.1%}"
         row["trials (done/pruned/failed)"] = f"{r['complete']}/{r['pruned']}/{r['failed']}"
         if not pd.isna(r.get("test_acc_mean", np.nan)):
             row["Test acc mean ± sd (n)"] = f"{r['test_acc_mean']:.2%} ± {r['test_acc_sd']:.2%} (n={int(r['n_mean'])})"
