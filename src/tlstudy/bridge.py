@@ -82,6 +82,14 @@ class OptunaPruningSearch(OptunaSearch):
                     except Exception as e:  # a busy database: the grace period covers a missed beat
                         warnings.warn(f"heartbeat of trial {ot_trial.number} not recorded: {e}")
 
+    def save(self, checkpoint_path):
+        # Tune checkpoints a searcher by pickling its __dict__; a threading.Event cannot be pickled.
+        beating, self._beating = self._beating, None
+        try:
+            super().save(checkpoint_path)
+        finally:
+            self._beating = beating
+
     @property
     def started(self):
         """How many trials this searcher has handed out."""
