@@ -3,12 +3,13 @@
 Orchestration lives here and only here:
 1. load the space and the data (once, in the driver; trials get it through Ray's
    object store via tune.with_parameters);
-2. open the Optuna study in its storage (one study per space), resolve trials a
-   crash left RUNNING, and enqueue each variant cell still lacking trials as a
+2. open the Optuna study in its storage (one study per space), fail the trials a
+   dead driver left RUNNING (heartbeats tell them from a live driver's), and enqueue each variant cell still lacking trials as a
    partial trial, so that the sampler fills in the training hyperparameters;
 3. run that many trials (plus --extra-samples free ones) with a Tuner whose
    searcher is Ray's OptunaSearch on that study and whose scheduler asks the
    study's pruner after every epoch (tlstudy.bridge);
+   Cells whose trials failed run again, up to --max-retries times;
 4. export trials.csv, epochs.csv and best_config.json from the storage.
 
 Rerunning the same command continues the study: finished trials are not run again.
@@ -24,6 +25,8 @@ import optuna
 import pandas as pd
 import ray
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
@@ -109,13 +112,32 @@ def open_study(space, args, base, storage):
     return study
 
 
-def resolve_running(study, storage):
-    """Trials a crashed or killed driver left RUNNING will never report again: mark them FAIL."""
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    for t in stale:
-        storage.set_trial_user_attr(t._trial_id, "fail_reason", "left RUNNING by an interrupted driver")
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    return len(stale)
+def resolve_abandoned(study, storage):
+    """Mark FAIL the trials a crashed or killed driver left RUNNING: they will never report again.
+    With heartbeats (SQL storages) these are the trials nobody beats through the grace period,
+    so the trials of another live driver on the same study are left alone. A journal file has
+    no heartbeats: there, every RUNNING trial counts as abandoned (one driver at a time)."""
+    stale = [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if stale and is_heartbeat_enabled(storage):
+        # A driver killed between asking for a trial and its first heartbeat left a trial that
+        # would never turn stale: beat each once, then see which their driver keeps beating.
+        for trial_id in stale:
+            storage.record_heartbeat(trial_id)
+        print(f"{len(stale)} trials RUNNING: waiting up to {storage.grace_period} s for their driver's heartbeat",
+              flush=True)
+        deadline = time.time() + storage.grace_period + 2  # the database clock counts whole seconds
+        while time.time() < deadline and any(storage.get_trial(i).state == TrialState.RUNNING for i in stale):
+            time.sleep(1)
+        stale = storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name))
+    failed = 0
+    for trial_id in stale:
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", "left RUNNING by a driver that stopped")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            failed += 1
+        except UpdateFinishedTrialError:
+            pass  # its driver, or another one, resolved it meanwhile
+    return failed
 
 
 def enqueue_cells(study, space, samples_per_cell):
@@ -147,7 +169,9 @@ def init_ray(args):
     if ray.is_initialized():
         return
     address = args.address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(address=address, include_dashboard=False) if address else dict(include_dashboard=False)
+    # "local": without it, ray.init joins any Ray already running on this machine (another
+    # user's, another study's) instead of starting this study's own.
+    kwargs = dict(address=address or "local", include_dashboard=False)
     if not address and args.num_cpus:
         kwargs["num_cpus"] = args.num_cpus
     try:
@@ -185,7 +209,7 @@ def run(args):
     check_writable(results)
     args.storage = args.storage or default_url(results)
     base = base_config(space, s, args.seed)
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, heartbeat=args.heartbeat)
     # The data before the study: a bad data set must not leave a half-made study behind.
     n, m, t = s["phantom_sizes"]
     splits = tldata.load(args.data, s["image_size"], seed=args.seed, skip_bad_images=args.skip_bad_images,
@@ -201,40 +225,65 @@ def run(args):
     print(f"data: {info['data_source']}  train/val/test {info['n_train']}/{info['n_val']}/{info['n_test']} "
           f"at {info['image_size']} px" + (f"\nnote: {splits.val_note}" if splits.val_note else ""))
 
-    failed = resolve_running(study, storage)
-    if failed:
-        print(f"resume: {failed} trials left RUNNING by an interrupted run marked FAIL; their cells run again")
-    enqueue_cells(study, space, args.samples_per_cell)
-    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    extra = max(0, args.extra_samples - free_trials_done(study))
-    n_trials = waiting + extra
-    print(f"study {study.study_name!r} in {args.storage}: {len(study.trials) - waiting} trials so far; "
-          f"running {n_trials} ({waiting} cell trials, {extra} free)")
-
-    if n_trials:
-        init_ray(args)
-        searcher = OptunaPruningSearch(space=None, metric=METRIC, mode="min", storage=storage,
-                                       study_name=study.study_name, sampler=study.sampler,
-                                       pruner=make_pruner(args.pruner, s["epochs"]),
-                                       artifact_dir=artifact_dir(results))
-        resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
-            param_space={**base, **space.param_space},
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=OptunaPruningScheduler(searcher),
-                                        num_samples=n_trials, max_concurrent_trials=args.max_concurrent,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      storage_path=str((results / "ray" / space.name).resolve()),
-                                      callbacks=[EpochLines()], verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=0)),
-        )
-        try:
-            tuner.fit()
-        finally:
-            searcher.fail_unfinished("interrupted before its last epoch")
+    abandoned = resolve_abandoned(study, storage)
+    if abandoned:
+        print(f"resume: {abandoned} trials left RUNNING by a driver that stopped were marked FAIL; their cells run again")
+    first = len(study.trials)
+    for attempt in range(args.max_retries + 1):
+        enqueue_cells(study, space, args.samples_per_cell)
+        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        extra = max(0, args.extra_samples - free_trials_done(study))
+        n_trials = waiting + extra
+        if attempt == 0:
+            print(f"study {study.study_name!r} in {args.storage}: {len(study.trials) - waiting} trials so far; "
+                  f"running {n_trials} ({waiting} cell trials, {extra} free)")
+        elif n_trials:
+            print(f"retry {attempt} of {args.max_retries}: running {n_trials} failed trials' cells again")
+        if not n_trials or not run_trials(study, space, splits, base, s, args, storage, results, n_trials):
+            break
+    print_failures(study, first)
     report(study, space, out_dir, args, s)
     return study
+
+
+def run_trials(study, space, splits, base, s, args, storage, results, n_trials):
+    """Run n_trials trials of the study under Ray Tune; False when interrupted (Ctrl-C) before the end."""
+    init_ray(args)
+    searcher = OptunaPruningSearch(space=None, metric=METRIC, mode="min", storage=storage,
+                                   study_name=study.study_name, sampler=study.sampler,
+                                   pruner=make_pruner(args.pruner, s["epochs"]),
+                                   artifact_dir=artifact_dir(results))
+    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
+        param_space={**base, **space.param_space},
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=OptunaPruningScheduler(searcher),
+                                    num_samples=n_trials, max_concurrent_trials=args.max_concurrent,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  storage_path=str((results / "ray" / space.name).resolve()),
+                                  callbacks=[EpochLines()], verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    try:
+        tuner.fit()
+    finally:
+        unfinished = searcher.fail_unfinished("interrupted before its last epoch")
+    return not unfinished and searcher.started == n_trials
+
+
+def print_failures(study, first):
+    """Count the study's failed trials by reason (the fail_reason user attribute)."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    if not failed:
+        return
+    print(f"failed trials: {len(failed)} ({sum(t.number >= first for t in failed)} in this run); by reason:")
+    reasons = {}
+    for t in failed:
+        reason = (t.user_attrs.get("fail_reason") or "no reason recorded").strip().splitlines()
+        reasons.setdefault(reason[-1][:160] if reason else "", []).append(t.number)
+    for reason, numbers in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {len(numbers)} x {reason}  (trials {', '.join(map(str, numbers))})")
 
 
 def report(study, space, out_dir, args, s):
@@ -312,11 +361,16 @@ def build_parser():
     g.add_argument("--extra-samples", type=int, default=0, help="freely sampled trials on top of the cells")
     g.add_argument("--pruner", choices=PRUNERS, default="median")
     g.add_argument("--seed", type=int, default=0, help="seeds the sampler, the data and every trial")
+    g.add_argument("--max-retries", type=_count, default=1, help="run the cells of failed trials again up to N times")
     g = p.add_argument_group("storage")
     g.add_argument("--results", default="results", help="exports go to RESULTS/<space>/, Ray's to RESULTS/ray/")
     g.add_argument("--storage", help="SQLAlchemy URL or journal file (default sqlite:///RESULTS/optuna.db)")
     g.add_argument("--study-name", help="default: the space's name")
     g.add_argument("--new-study", action="store_true", help="delete a stored study of the same name first")
+    g.add_argument("--heartbeat", type=_count, default=10,
+                   help="seconds between the heartbeats of running trials (SQL storages); a trial unbeaten for "
+                        "3 heartbeats belongs to a dead driver and is failed by the next one; 0: none, every "
+                        "RUNNING trial counts as abandoned (one driver at a time)")
     g = p.add_argument_group("resources")
     g.add_argument("--address", help="join this Ray cluster (or set RAY_ADDRESS)")
     g.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
@@ -324,6 +378,15 @@ def build_parser():
     g.add_argument("--gpus-per-trial", type=float, default=None, help="e.g. 0.25 packs four trials on a GPU")
     g.add_argument("--max-concurrent", type=int, default=None)
     return p
+
+
+def _count(text):
+    try:
+        n = int(text)
+        assert n >= 0
+        return n
+    except (ValueError, AssertionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0") from None
 
 
 def _sizes(text):
