@@ -193,3 +193,12 @@ def test_analyze_cli_reads_a_stored_study(taske, storage, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "Epoch 22/30 (0.0108)" in out.stdout
     assert (results / "taskE" / "REPORT.md").is_file()
+
+
+def test_a_study_whose_only_trial_failed_still_gets_a_report(storage, tmp_path):
+    s = new_study(storage, "taskE")
+    add(s, e_params(2, SAME), TrialState.FAIL, [])
+    paths = analysis.analyze([s], spaces.load("taskE"), tmp_path / "out")
+    cells = pd.read_csv(paths["cells"])
+    assert (cells.n[0], cells.failed[0]) == (1, 1) and np.isnan(cells.trial[0])
+    assert "none finished" in paths["table"]

@@ -31,6 +31,10 @@ CELL_KEYS = ("task", "arch", "weights", "mode", "out_features", "train_repeat", 
 COLUMNS = ("Final Train Loss", "Best Train acc", "Final Val Loss", "Best Val acc", "Best Val Loss (epoch)",
            "Test acc, best-val ckpt [95% CI]", "Time")
 N_BOOT = 10_000
+ROW_FIELDS = ["n", "complete", "pruned", "failed", "trial", "trial_state", "final_train_loss", "best_train_acc",
+              "final_val_loss", "best_val_acc", "best_val_loss", "best_epoch", "epochs", "val_acc_at_best", "time_s",
+              "mean_epoch_s", "test_acc", "test_ci_low", "test_ci_high", "test_n", "val_test_gap", "n_mean",
+              "test_acc_mean", "test_acc_sd", "best_val_loss_mean", "best_val_loss_sd"]
 
 
 # ---------------------------------------------------------------- per trial and per cell
@@ -38,8 +42,9 @@ N_BOOT = 10_000
 def trial_figures(trials, epochs, planned_epochs):
     """One row per trial: the report's figures from its per-epoch history (so pruned trials
     have them too), joined to its state, parameters and test counts."""
-    if epochs.empty:
-        return trials.assign(best_val_loss=np.nan, best_epoch=np.nan)
+    if epochs.empty:  # no trial got through an epoch: the figures are all missing
+        epochs = pd.DataFrame(columns=["number", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s"],
+                              dtype=float)
     ep = epochs.sort_values(["number", "epoch"])
     g = ep.groupby("number")
     finite = ep[np.isfinite(ep.val_loss)]
@@ -86,6 +91,7 @@ def cell_rows(per_trial, axes):
     """One row per cell: counts, the cell's best trial's figures with a test interval,
     the val-test gap, and mean +- sd over the cell's completed trials."""
     rows = []
+    axes = [a for a in axes if a in per_trial]
     groups = per_trial.groupby(axes, sort=True, dropna=False) if axes else [((), per_trial)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
@@ -109,7 +115,7 @@ def cell_rows(per_trial, axes):
             row.update(n_mean=len(done), test_acc_mean=done.test_best_acc.mean(), test_acc_sd=done.test_best_acc.std(),
                        best_val_loss_mean=done.best_val_loss.mean(), best_val_loss_sd=done.best_val_loss.std())
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=axes + ROW_FIELDS)
 
 
 # ---------------------------------------------------------------- formatting
@@ -144,7 +150,7 @@ def report_columns(r):
 def format_cells(rows, axes):
     """The cell table as shown: the report's columns plus trial, counts and mean +- sd."""
     out = []
-    for _, r in rows.iterrows():
+    for r in rows.to_dict("records"):  # not iterrows: it would turn the integers into floats
         row = {"cell": label(r, axes), **report_columns(r)}
         if not pd.isna(r.get("trial", np.nan)):
             row["trial"] = f"#{int(r['trial'])}" + (" (pruned: no test)" if r["trial_state"] == "PRUNED" else "")
@@ -397,9 +403,9 @@ def analyze(studies, space, out_dir, command=None):
     tasks = [st.user_attrs.get("space", st.study_name) for st in studies]
     per_trial = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     compared = bool(space.compare)
-    axes = (["arch", "weights", "task"] if compared else space.axes)
     if per_trial.empty:
         raise UserError(f"study {studies[0].study_name!r} has no trials yet: run study/run.py --space {space.name}")
+    axes = [a for a in (["arch", "weights", "task"] if compared else space.axes) if a in per_trial]  # as trials have them
     rows = cell_rows(per_trial, axes)
     shown = format_cells(rows, axes)
     ref = reference()

@@ -44,7 +44,8 @@ def learning_curves(per_trial, epochs, axes, path):
         ax.set_title(", ".join(f"{k}={v}" for k, v in zip(axes, cell)), fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch", fontsize=8)
-        ax.legend(fontsize=6)
+        if ax.lines:
+            ax.legend(fontsize=6)
     panels[0][0].set_ylabel("loss (dashed: train, solid: val)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
