@@ -92,6 +92,17 @@ def test_exports_agree_with_storage(taske):
     assert best["command"].startswith("python study/trial.py ")
 
 
+def test_run_ends_with_the_analysis(taske):
+    study = load(taske, "taskE")
+    cells = pd.read_csv(taske / "taskE" / "cells.csv")
+    assert len(cells) == 9 and cells.n.sum() == len(study.trials)
+    best = cells.loc[cells.trial == study.best_trial.number].iloc[0]
+    assert best.best_val_loss == pytest.approx(study.best_value)
+    report = (taske / "taskE" / "REPORT.md").read_text()
+    assert "## Table 8, rebuilt" in report and "## Table 9, rebuilt" in report
+    assert "python study/run.py --space taskE" in report
+
+
 def wait_for(results, name, predicate, timeout=240):
     """Poll the study a subprocess writes until one of its trials satisfies predicate."""
     deadline = time.time() + timeout

@@ -2,8 +2,8 @@
 
 - trials.csv: one row per trial: number, state, value, parameters, final metrics;
 - epochs.csv: one row per trial and epoch (from the "history" user attribute);
-- best_config.json: the best trial's configuration and the command that re-runs it;
-- the cell table: the report's columns for each variant cell's best trial.
+- best_config.json: the best trial's configuration and the command that re-runs it.
+The report's tables are tlstudy.analysis's.
 """
 import json
 import shlex
@@ -13,7 +13,6 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from tlstudy.errors import UserError
-
 
 
 def trials_frame(study, fixed=None):
@@ -53,34 +52,6 @@ def best_config(study, space, data_args):
             "config": config, "data": data_args,
             "test_best_acc": t.user_attrs.get("test_best_acc"),
             "command": "python study/trial.py " + shlex.join(flags)}
-
-
-def cell_table(trials, axes):
-    """The report's columns for each cell's best COMPLETE trial (by val loss), plus n and states."""
-    if trials.empty:
-        return pd.DataFrame()
-    axes = [a for a in axes if a in trials.columns]
-    rows = []
-    for cell, g in trials.groupby(axes, sort=True, dropna=False) if axes else [((), trials)]:
-        cell = cell if isinstance(cell, tuple) else (cell,)
-        done = g[g.state == "COMPLETE"]
-        row = dict(zip(axes, cell))
-        row.update(n=len(g), complete=len(done), pruned=int((g.state == "PRUNED").sum()),
-                   failed=int((g.state == "FAIL").sum()))
-        if len(done):
-            b = done.loc[done.value.idxmin()]
-            row.update({
-                "Final Train Loss": f"{b.final_train_loss:.4f}",
-                "Best Train acc": f"{b.best_train_acc:.2%}",
-                "Final Val Loss": f"{b.final_val_loss:.4f}",
-                "Best Val acc": f"{b.best_val_acc:.2%}",
-                "Best Val Loss (epoch)": f"Epoch {int(b.best_epoch)}/{int(b.epochs)} ({b.best_val_loss:.4f})",
-                "Test acc (best-val ckpt)": f"{b.test_best_acc:.2%}",
-                "Time": f"{b.wall_s:.0f} s",
-                "trial": int(b.number),
-            })
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def write(study, space, out_dir, data_args):

@@ -18,11 +18,12 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import ray
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
@@ -32,7 +33,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from tlstudy import data as tldata
-from tlstudy import export, spaces
+from tlstudy import analysis, export, spaces
 from tlstudy.bridge import METRIC, OptunaPruningScheduler, OptunaPruningSearch
 from tlstudy.errors import ArgumentParser, UserError
 from tlstudy.storage import default_url, enable_wal, open_storage
@@ -201,7 +202,7 @@ def run(args):
     space = spaces.load(args.space)
     if space.compare:
         studies = [run(_with(args, space=name, study_name=None)) for name in space.compare]
-        compare(space, studies, Path(args.results))
+        print(f"report: {analyze(studies, space, Path(args.results) / space.name)}")
         return studies
     s = settings(space, args)
     results = Path(args.results)
@@ -220,6 +221,7 @@ def run(args):
     study = open_study(space, args, base, storage)
     enable_wal(args.storage)
     study.set_user_attr("data", {k: v for k, v in info.items() if k != "classes"})
+    study.set_user_attr("command", args.command)
     print(f"space {space.name}: {space.description}")
     print(f"profile {args.profile}: {s}")
     print(f"data: {info['data_source']}  train/val/test {info['n_train']}/{info['n_val']}/{info['n_test']} "
@@ -290,6 +292,7 @@ def report(study, space, out_dir, args, s):
     data_args = {"data": args.data, "image_size": s["image_size"], "max_train": s["max_train"],
                  **({"phantom_sizes": ",".join(map(str, s["phantom_sizes"]))} if args.data == "phantom" else {})}
     data_args = {k: v for k, v in data_args.items() if v is not None}
+    study.set_user_attr("data_args", data_args)
     trials, paths = export.write(study, space, out_dir, data_args)
     states = trials.state.value_counts().to_dict() if len(trials) else {}
     print(f"\n{study.study_name}: {len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in states.items()))
@@ -297,44 +300,26 @@ def report(study, space, out_dir, args, s):
     if fallback:
         print(f"WARNING: {fallback} trials trained from a RANDOM init: their pretrained weights were not in "
               f"{torch.hub.get_dir()}/checkpoints (weights_source=random-fallback). V1/V2 comparisons are void.")
-    table = export.cell_table(trials, space.axes)
-    if len(table):
-        print(_table_text(table))
     best = json.loads(paths["best_config"].read_text())
     if best:
         print(f"\nbest trial #{best['trial']}: val loss {best['best_val_loss']:.4f}, "
               f"test acc {best['test_best_acc']:.2%}\n  {json.dumps(best['config'])}\n  re-run: {best['command']}")
     for name, p in paths.items():
         print(f"{name}: {p}")
+    if len(trials):
+        print(f"report: {analyze([study], space, out_dir)}")
     print(f"browse: optuna-dashboard {args.storage} --artifact-dir {Path(args.results) / 'artifacts'}"
           f"   (or: python study/dashboard.py --space {space.name}"
           f"{'' if args.results == 'results' else f' --results {args.results}'}"
           f"{'' if args.storage == default_url(args.results) else f' --storage {args.storage}'})")
 
 
-def compare(space, studies, results):
-    """Task D: the compared studies' cell tables side by side, per architecture and weights."""
-    tables = []
-    for study in studies:
-        sp = spaces.load(study.user_attrs["space"])
-        t = export.cell_table(export.trials_frame(study, sp.fixed), sp.axes)
-        tables.append(t.assign(task=sp.name, mode=sp.fixed.get("mode")))
-    table = pd.concat(tables, ignore_index=True)
-    keys = [k for k in ("arch", "weights") if k in table.columns]
-    table = table.sort_values(keys + ["task"], kind="stable")
-    out = results / space.name
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "comparison.csv", index=False)
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror}") from None
-    print(f"\n{space.name}: {space.description}")
-    print(_table_text(table))
-    print(f"comparison: {out / 'comparison.csv'}")
-
-
-def _table_text(table):
-    return table.to_markdown(index=False)
+def analyze(studies, space, out_dir):
+    """The report's tables, claims and plots (tlstudy.analysis); prints the cell table, returns REPORT.md's path."""
+    paths = analysis.analyze(studies, space, out_dir)
+    print(f"\n{space.name}: each cell's best trial (test accuracy at its best-val checkpoint)")
+    print(paths["table"])
+    return paths["report"]
 
 
 def _with(args, **changes):
@@ -402,6 +387,7 @@ def main(argv=None):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command = "python study/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.list_spaces:
         for name, desc in spaces.available():
             print(f"{name:10} {desc}")
