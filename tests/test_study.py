@@ -170,27 +170,6 @@ def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path, ray_local):
     assert {t.params["out_features"] for t in done} == {2, 3}
 
 
-def test_trials_left_running_by_a_killed_driver_are_failed_and_rerun(tmp_path, ray_local):
-    space_file = tmp_path / "small.py"
-    space_file.write_text(SMALL_SPACE)
-    results = tmp_path / "results"
-    args = ["--space", str(space_file), "--results", str(results), *TINY]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "study" / "run.py"), *args, "--num-cpus", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for(results, "small", lambda t: t.state == TrialState.RUNNING and t.intermediate_values)
-    finally:
-        _killpg(proc.pid)
-    stale = [t.number for t in load(results, "small").trials if t.state == TrialState.RUNNING]
-    assert stale
-    runner.main(args)
-    after = load(results, "small").trials
-    for n in stale:
-        assert after[n].state == TrialState.FAIL and "interrupted driver" in after[n].user_attrs["fail_reason"]
-    done = [t for t in after if t.state == TrialState.COMPLETE]
-    assert sorted(t.params["out_features"] for t in done) == [2, 3]
-
-
 def _killpg(pid):
     try:
         os.killpg(pid, signal.SIGKILL)
