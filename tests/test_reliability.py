@@ -1,0 +1,211 @@
+"""A study survives a driver killed at several points, failing trials, and optuna-dashboard reading alongside.
+
+Every study here runs `study/run.py` in a subprocess of its own session on tiny phantom
+data, so that SIGKILL can take the driver and its Ray processes down together, as a
+crash would.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).parents[1]
+TINY = ["--image-size", "16", "--phantom-sizes", "48,40,40", "--max-train", "48", "--epochs", "3"]
+# Heartbeats every second: a killed driver's trials are recognised after 3 s, not 30.
+FAST = ["--num-cpus", "1", "--max-concurrent", "1", "--heartbeat", "1", "--pruner", "none"]
+
+SMALL_SPACE = '''"""Two cells: resnet18 from scratch with 2 or 3 outputs."""
+from ray import tune
+from tlstudy.spaces import training_space
+FIXED = dict(arch="resnet18", weights="none")
+CELLS = [dict(out_features=2), dict(out_features=3)]
+PARAM_SPACE = {**training_space(), "out_features": tune.choice([2, 3])}
+'''
+
+# One cell trains; in the other the learning rate drives the training loss to NaN in epoch 1.
+FAULTY_SPACE = '''"""One good cell, one whose learning rate makes the loss non-finite."""
+from ray import tune
+FIXED = dict(arch="resnet18", weights="none", optimizer="sgd", batch_size=16, schedule="none")
+CELLS = [dict(lr=1e-3), dict(lr=1e8)]
+PARAM_SPACE = {"lr": tune.choice([1e-3, 1e8]), "momentum": tune.uniform(0.8, 0.95)}
+'''
+
+
+def write_space(tmp_path, name, text):
+    # In ./search_spaces/ the space is found by name, as a user's own space would be.
+    (tmp_path / "search_spaces").mkdir(exist_ok=True)
+    (tmp_path / "search_spaces" / f"{name}.py").write_text(text)
+
+
+def start(tmp_path, args, log):
+    return subprocess.Popen([sys.executable, str(ROOT / "study" / "run.py"), *args], cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def load(results, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{results / 'optuna.db'}")
+
+
+def trials_of(results, name):
+    try:
+        return load(results, name).trials
+    except Exception:  # the file, its tables or the study may not exist yet
+        return None
+
+
+def wait_for(proc, results, name, predicate, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        trials = trials_of(results, name) if (results / "optuna.db").exists() else None
+        if trials is not None and predicate(trials):
+            return trials
+        assert proc.poll() is None, f"the driver ended (status {proc.returncode}) before the kill point"
+        time.sleep(0.2)
+    pytest.fail(f"kill point not reached within {timeout} s")
+
+
+def kill_group(proc):
+    """SIGKILL the driver's whole session (Ray's raylet, GCS and workers too), and check nothing survives."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+    deadline = time.time() + 30
+    while survivors(proc.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not survivors(proc.pid), survivors(proc.pid)
+
+
+def survivors(pgid):
+    r = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
+    return r.stdout.split()
+
+
+def cell_of(t):
+    return t.system_attrs.get("fixed_params", {}).get("out_features")
+
+
+def count(trials, state):
+    return sum(t.state == state for t in trials)
+
+
+# Kill points: (name, predicate over the stored trials that says the driver got there).
+KILL_POINTS = [
+    ("cells enqueued, no trial started", lambda ts: count(ts, TrialState.WAITING) >= 2),
+    ("first trial mid-training", lambda ts: any(t.state == TrialState.RUNNING and t.intermediate_values for t in ts)),
+    ("a trial finished, the next mid-training",
+     lambda ts: count(ts, TrialState.COMPLETE) >= 1
+     and any(t.state == TrialState.RUNNING and t.intermediate_values for t in ts)),
+    ("every trial finished, the driver reporting", lambda ts: count(ts, TrialState.COMPLETE) == 3),
+]
+
+
+def test_driver_killed_at_four_points_loses_nothing_and_repeats_nothing(tmp_path):
+    write_space(tmp_path, "small", SMALL_SPACE)
+    results = tmp_path / "results"
+    args = ["--space", "small", "--results", str(results), *TINY, *FAST, "--extra-samples", "1"]
+    finished, killed_running = {}, set()
+    for point, predicate in KILL_POINTS:
+        with open(tmp_path / "driver.log", "a") as log:
+            proc = start(tmp_path, args, log)
+            try:
+                trials = wait_for(proc, results, "small", predicate)
+            finally:
+                kill_group(proc)
+        trials = load(results, "small").trials  # as the kill left them
+        finished.update({t.number: t.value for t in trials if t.state == TrialState.COMPLETE})
+        killed_running |= {t.number for t in trials if t.state == TrialState.RUNNING}
+    assert killed_running, "no kill point caught a trial RUNNING"
+
+    # The same command, once more, to the end.
+    with open(tmp_path / "driver.log", "a") as log:
+        proc = start(tmp_path, args, log)
+        try:
+            assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        finally:
+            kill_group(proc)
+
+    study = load(results, "small")
+    by_number = {t.number: t for t in study.trials}
+    # Every trial that had finished is still there, as it was.
+    for n, value in finished.items():
+        assert by_number[n].state == TrialState.COMPLETE and by_number[n].value == value
+    # The trials the kills left RUNNING were resolved: FAIL, with the reason.
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for n in killed_running:
+        assert by_number[n].state == TrialState.FAIL
+        assert "driver that stopped" in by_number[n].user_attrs["fail_reason"]
+    # None ran twice: one finished trial per cell and one free trial.
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(str(cell_of(t)) for t in done) == ["2", "3", "None"]
+    # The exports agree with the storage.
+    table = pd.read_csv(results / "small" / "trials.csv").set_index("number")
+    assert sorted(table.index) == sorted(by_number)
+    assert {n: table.loc[n, "state"] for n in by_number} == {n: t.state.name for n, t in by_number.items()}
+    epochs = pd.read_csv(results / "small" / "epochs.csv")
+    for t in done:
+        assert epochs[epochs.number == t.number].epoch.tolist() == [1, 2, 3]
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_failing_trials_are_contained_and_retried_while_optuna_dashboard_polls(tmp_path):
+    """A trial whose loss goes NaN ends FAIL with its reason, is retried --max-retries times,
+    and the study goes on; optuna-dashboard polls the SQLite file throughout (issue 545)."""
+    write_space(tmp_path, "faulty", FAULTY_SPACE)
+    results = tmp_path / "results"
+    port = free_port()
+    log = open(tmp_path / "driver.log", "w")
+    proc = start(tmp_path, ["--space", "faulty", "--results", str(results), *TINY, *FAST, "--max-retries", "1"], log)
+    dashboard, polls = None, []
+    try:
+        wait_for(proc, results, "faulty", lambda ts: len(ts) > 0)
+        dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"),
+                                      f"sqlite:///{results / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        study_id = load(results, "faulty")._study_id
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}?after=0", timeout=30) as r:
+                    polls.append((r.status, len(json.load(r)["trials"])))
+            except urllib.error.HTTPError as e:
+                polls.append((e.code, e.read().decode()[-300:]))
+            except OSError:  # not listening yet
+                assert not polls, "optuna-dashboard stopped answering"
+            time.sleep(0.1)
+        assert proc.returncode == 0
+    finally:
+        kill_group(proc)
+        log.close()
+        if dashboard:
+            dashboard.terminate()
+            dashboard.wait(timeout=30)
+    out = (tmp_path / "driver.log").read_text()
+    assert "database is locked" not in out and "database is locked" not in dashboard.stderr.read()
+    assert len(polls) >= 20 and all(status == 200 for status, _ in polls), polls[-3:]
+
+    trials = load(results, "faulty").trials
+    good = [t for t in trials if t.params["lr"] == 1e-3]
+    bad = [t for t in trials if t.params["lr"] == 1e8]
+    assert [t.state for t in good] == [TrialState.COMPLETE]
+    assert [t.state for t in bad] == [TrialState.FAIL, TrialState.FAIL]  # the first try and one retry
+    for t in bad:
+        assert "FloatingPointError: non-finite training loss" in t.user_attrs["fail_reason"]
+    assert "retry 1 of 1" in out
+    assert "failed trials: 2 (2 in this run)" in out and "2 x FloatingPointError" in out
