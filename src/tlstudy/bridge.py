@@ -29,9 +29,11 @@ import socket
 import tempfile
 import threading
 import warnings
+from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -101,9 +103,12 @@ class OptunaPruningSearch(OptunaSearch):
         epoch = {k: result[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s")
                  if k in result}
         self._epochs.setdefault(trial_id, []).append(epoch)
-        if result.get("node_id"):
-            ot_trial.set_user_attr("node_id", result["node_id"])
-        ot_trial.report(result[METRIC], result[STEP])
+        try:
+            if result.get("node_id"):
+                ot_trial.set_user_attr("node_id", result["node_id"])
+            ot_trial.report(result[METRIC], result[STEP])
+        except UpdateFinishedTrialError:
+            return True  # another driver has failed it meanwhile (see on_trial_complete): stop it
         if "summary/test_best_acc" in result:  # the last epoch: nothing left to prune
             return False
         if ot_trial.should_prune():
@@ -120,6 +125,15 @@ class OptunaPruningSearch(OptunaSearch):
     def on_trial_complete(self, trial_id, result=None, error=False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        try:
+            self._finish(trial_id, result, error)
+        except UpdateFinishedTrialError:
+            # Its heartbeats lapsed for the grace period (a driver stalled, a database unreachable),
+            # and another driver sharing the study failed it as abandoned; its cell runs again there.
+            warnings.warn(f"trial {self._ot_trials[trial_id].number} was failed by another driver meanwhile")
+        self._completed_trials.add(trial_id)
+
+    def _finish(self, trial_id, result, error):
         ot_trial = self._ot_trials[trial_id]
         epochs = self._epochs.get(trial_id, [])
         ot_trial.set_user_attr("history", json.dumps(epochs))
@@ -140,8 +154,7 @@ class OptunaPruningSearch(OptunaSearch):
             for k, v in result.items():
                 if k.startswith("summary/") and _storable(v):
                     ot_trial.set_user_attr(k[len("summary/"):], v)
-        self._ot_study.tell(ot_trial, value, state=state)
-        self._completed_trials.add(trial_id)
+        self._ot_study.tell(ot_trial, value, state=state, skip_if_finished=True)
 
     def _upload_learning_curve(self, ot_trial, epochs):
         """The trial's learning curve as an Optuna artifact, so optuna-dashboard shows it on the trial's page."""
@@ -174,9 +187,14 @@ class OptunaPruningScheduler(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
     def on_trial_error(self, tune_controller, trial):
-        # Called before the searcher hears of the failure, with the trial's error already set.
-        err = trial.get_error()
-        self._searcher.record_error(trial.trial_id, f"{type(err).__name__}: {err}" if err else trial.error_file)
+        # Called before the searcher hears of the failure, with the trial's error file written
+        # locally (trial.get_error() reads the synced copy, which may not be there yet).
+        try:
+            reason = Path(trial.error_file).read_text().strip()
+        except (OSError, TypeError):
+            err = trial.get_error()
+            reason = f"{type(err).__name__}: {err}" if err else "error (no error file)"
+        self._searcher.record_error(trial.trial_id, reason)
         super().on_trial_error(tune_controller, trial)
 
 
