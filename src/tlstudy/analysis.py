@@ -349,12 +349,12 @@ def side_by_side(rows, ref, tasks, axes):
 # ---------------------------------------------------------------- the whole analysis
 
 def study_frames(study):
-    """(space, per-trial frame) of one stored study, its rows carrying the space's fixed settings."""
+    """(space, per-trial frame, per-epoch frame) of one stored study; trial rows carry the space's fixed settings."""
     space = spaces.load(study.user_attrs.get("space", study.study_name))
     trials = export.trials_frame(study, space.fixed)
     epochs = export.epochs_frame(study)
     planned = study.user_attrs.get("base_config", {}).get("epochs")
-    return space, trial_figures(trials, epochs, planned) if len(trials) else trials
+    return space, trial_figures(trials, epochs, planned) if len(trials) else trials, epochs
 
 
 def related_cells(storage, current):
@@ -363,9 +363,9 @@ def related_cells(storage, current):
     names = set(optuna.get_all_study_names(storage))
     for task in REPORT_TASKS:
         if task in current:
-            space, per_trial = current[task]
+            space, per_trial, _ = current[task]
         elif task in names:
-            space, per_trial = study_frames(optuna.load_study(study_name=task, storage=storage))
+            space, per_trial, _ = study_frames(optuna.load_study(study_name=task, storage=storage))
         else:
             continue
         if len(per_trial):
@@ -384,7 +384,7 @@ def importances(study):
     return pd.DataFrame({"parameter": list(imp), "importance": [round(v, 3) for v in imp.values()]}), ""
 
 
-def analyze(studies, space, out_dir, command=None):
+def analyze(studies, space, out_dir):
     """Write the analysis of `studies` (one study, or taskD's compared studies) under out_dir.
     Returns {name: path} of what was written, and the cell table's Markdown under "table"."""
     out = Path(out_dir)
@@ -394,14 +394,12 @@ def analyze(studies, space, out_dir, command=None):
         raise UserError(f"cannot write the analysis to {out}: {e.strerror}") from None
     storage = studies[0]._storage
     current = {}
-    frames = []
     for st in studies:
-        sp, per_trial = study_frames(st)
-        current[sp.name] = (sp, per_trial)
-        if len(per_trial):
-            frames.append(per_trial.assign(task=sp.name))
-    tasks = [st.user_attrs.get("space", st.study_name) for st in studies]
-    per_trial = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        sp, per_trial, epochs = study_frames(st)
+        current[sp.name] = (sp, per_trial.assign(task=sp.name), epochs.assign(task=sp.name))
+    tasks = list(current)
+    per_trial = pd.concat([c[1] for c in current.values()], ignore_index=True)
+    epochs = pd.concat([c[2] for c in current.values()], ignore_index=True)
     compared = bool(space.compare)
     if per_trial.empty:
         raise UserError(f"study {studies[0].study_name!r} has no trials yet: run study/run.py --space {space.name}")
@@ -432,21 +430,18 @@ def analyze(studies, space, out_dir, command=None):
         for n, (theirs, mine) in rebuilt.items():
             paths[f"table{n}"] = out / f"table{n}.csv"
             mine.to_csv(paths[f"table{n}"], index=False)
-        epochs = pd.concat([export.epochs_frame(st).assign(task=t) for st, t in zip(studies, tasks)],
-                           ignore_index=True)
         plots.learning_curves(per_trial, epochs, axes, paths["curves"])
         plots.test_accuracy(rows.assign(cell=shown.cell), paths["test_acc"])
         plots.val_vs_test(per_trial, paths["val_vs_test"])
         paths["report"].write_text(render(studies, space, tasks, shown, arch_table, rebuilt, beside, claims, imp,
-                                          imp_note, per_trial, rows, command))
+                                          imp_note, per_trial, rows))
     except OSError as e:
         raise UserError(f"cannot write the analysis to {out}: {e.strerror}") from None
     paths["table"] = markdown(shown)
     return paths
 
 
-def render(studies, space, tasks, shown, arch_table, rebuilt, beside, claims, imp, imp_note, per_trial, rows,
-           command):
+def render(studies, space, tasks, shown, arch_table, rebuilt, beside, claims, imp, imp_note, per_trial, rows):
     """REPORT.md: everything on one page, for GitHub."""
     first = studies[0]
     data = first.user_attrs.get("data", {})
@@ -468,7 +463,7 @@ def render(studies, space, tasks, shown, arch_table, rebuilt, beside, claims, im
               f"at {data.get('image_size')} px{'; ' + data['val_note'] if data.get('val_note') else ''} |",
               f"| profile | {json.dumps(base)} |",
               f"| device | {devices} |",
-              f"| produced by | `{first.user_attrs.get('command', command or '?')}`, then "
+              f"| produced by | `{first.user_attrs.get('command', 'python study/run.py --space ' + space.name)}`, then "
               f"`{'python study/analyze.py --space ' + shlex.quote(space.name)}` |", ""]
     lines += ["## Table 1: the architectures", "",
               "From the model objects (GFLOPs: one forward pass of one image, 2 FLOPs per multiply-add; the "
