@@ -1,5 +1,7 @@
 """study/dashboard.py serves the real optuna-dashboard on loopback over a study's storage."""
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -8,8 +10,15 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import pytest
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+from optuna.trial import TrialState
+
+from tlstudy import plots
 
 ROOT = Path(__file__).parents[1]
+# Val-loss curves, one per trial: the third runs far above the others and the median pruner stops it.
+CURVES = [[1.0, 0.8, 0.6], [0.9, 0.7, 0.5], [2.0, 1.9, 1.8], [0.7, 0.5, 0.4], [3.0, 2.9, 2.8]]
 
 
 def free_port():
@@ -18,11 +27,48 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_dashboard_serves_the_study(tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
-    study = optuna.create_study(study_name="taskE", storage=f"sqlite:///{results / 'optuna.db'}")
-    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-1, log=True), n_trials=3)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished study as study/run.py leaves it: per-epoch intermediate values, PRUNED trials,
+    user attributes, a learning-curve PNG artifact per trial (tlstudy.plots, as the bridge uploads)."""
+    results = tmp_path_factory.mktemp("results")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{results / 'optuna.db'}")
+    store = FileSystemArtifactStore(str(results / "artifacts"))
+    (results / "artifacts").mkdir()
+    study = optuna.create_study(study_name="taskE", storage=storage,
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+
+    def objective(trial):
+        trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        curve = CURVES[trial.number]
+        history = []
+        try:
+            for epoch, val_loss in enumerate(curve, start=1):
+                history.append({"epoch": epoch, "train_loss": val_loss * 0.9, "val_loss": val_loss})
+                trial.report(val_loss, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+            trial.set_user_attr("test_best_acc", 0.75)
+            return min(curve)
+        finally:
+            trial.set_user_attr("history", json.dumps(history))
+            trial.set_user_attr("node_id", "a" * 56)
+            png = results / f"learning_curve_trial{trial.number}.png"
+            plots.learning_curve(history, png, f"trial {trial.number}")
+            upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=trial, mimetype="image/png")
+
+    study.optimize(objective, n_trials=len(CURVES))
+    assert {t.state for t in study.trials} == {TrialState.COMPLETE, TrialState.PRUNED}
+    return results, study
+
+
+def get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return r.read()
+
+
+def test_dashboard_serves_the_study(finished):
+    results, study = finished
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "study" / "dashboard.py"), "--space", "taskE",
                              "--results", str(results), "--port", str(port)],
@@ -33,16 +79,35 @@ def test_dashboard_serves_the_study(tmp_path):
         deadline = time.time() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
-                    studies = json.load(r)["study_summaries"]
+                studies = json.loads(get(port, "/api/studies"))["study_summaries"]
                 break
             except OSError:
                 assert time.time() < deadline and proc.poll() is None, proc.stderr.read()
                 time.sleep(0.5)
         assert [s["study_name"] for s in studies] == ["taskE"]
+        study_id = studies[0]["study_id"]
+        assert line.strip().endswith(f"/dashboard/studies/{study_id}")
+
+        served = {t["number"]: t for t in json.loads(get(port, f"/api/studies/{study_id}"))["trials"]}
+        assert sorted(served) == [t.number for t in study.trials]
+        for t in study.trials:
+            s = served[t.number]
+            assert s["state"] == t.state.name.capitalize()  # Complete, Pruned
+            assert [(v["step"], v["value"]) for v in s["intermediate_values"]] == sorted(t.intermediate_values.items())
+            attrs = {a["key"]: a["value"] for a in s["user_attrs"]}
+            assert json.loads(attrs["history"]) == json.loads(t.user_attrs["history"])
+            assert attrs["node_id"] == t.user_attrs["node_id"]
+            # The learning curve: listed on the trial, and served byte for byte from the artifact store.
+            [meta] = get_all_artifact_meta(t, storage=study._storage)
+            assert [(a["artifact_id"], a["mimetype"]) for a in s["artifacts"]] == [(meta.artifact_id, "image/png")]
+            png = get(port, f"/artifacts/{study_id}/{s['trial_id']}/{meta.artifact_id}")
+            assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (results / "artifacts" / meta.artifact_id).read_bytes()
+        assert {s["state"] for s in served.values()} == {"Complete", "Pruned"}
     finally:
-        proc.terminate()
+        os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+    with pytest.raises(OSError):  # stopped: nothing answers on the port any more
+        get(port, "/api/studies")
 
 
 def test_dashboard_without_a_study_is_a_one_line_error(tmp_path):
