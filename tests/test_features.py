@@ -16,7 +16,7 @@ RTOL = 1e-5
 
 @pytest.fixture(scope="module")
 def splits():
-    return data.load("phantom", 32, seed=0, phantom_sizes={"train": 64, "val": 48, "test": 32}, min_val=0,
+    return data.load("phantom", 16, seed=0, phantom_sizes={"train": 64, "val": 48, "test": 32}, min_val=0,
                      use_cache=False)
 
 
