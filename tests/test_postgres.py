@@ -1,0 +1,105 @@
+"""Studies in PostgreSQL: reopened from another process, and two drivers at once on one study.
+
+Needs a server: TLSTUDY_TEST_POSTGRES=postgresql://USER@127.0.0.1:PORT/DB (`.ci/run` starts
+a throwaway one and sets it). Without it these tests skip, saying so.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tlstudy.storage import open_storage
+
+from test_reliability import ROOT, SMALL_SPACE, TINY, kill_group, write_space
+
+URL = os.environ.get("TLSTUDY_TEST_POSTGRES")
+pytestmark = pytest.mark.skipif(not URL, reason="no PostgreSQL server: set TLSTUDY_TEST_POSTGRES=postgresql://... "
+                                                "(.ci/run starts one)")
+# Two drivers on 2 cores: heartbeats every 2 s, so a busy machine does not pass for a dead driver.
+BOTH = ["--num-cpus", "1", "--max-concurrent", "1", "--heartbeat", "2", "--pruner", "none"]
+
+
+@pytest.fixture
+def study_name():
+    """A study of its own in the shared database, deleted afterwards."""
+    name = f"small-{uuid.uuid4().hex[:8]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=open_storage(URL))
+    except KeyError:
+        pass
+
+
+def start(tmp_path, name, log):
+    args = ["--space", "small", "--study-name", name, "--storage", URL, "--results", str(tmp_path / "results"),
+            *TINY, *BOTH, "--extra-samples", "1"]
+    return subprocess.Popen([sys.executable, str(ROOT / "study" / "run.py"), *args], cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_study_in_postgres_reopens_in_another_process(tmp_path, study_name):
+    write_space(tmp_path, "small", SMALL_SPACE)
+    with open(tmp_path / "driver.log", "w") as log:
+        proc = start(tmp_path, study_name, log)
+        try:
+            assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        finally:
+            kill_group(proc)
+    code = textwrap.dedent(f"""
+        import json, optuna
+        from tlstudy.storage import open_storage
+        s = optuna.load_study(study_name={study_name!r}, storage=open_storage({URL!r}))
+        print(json.dumps({{"states": [t.state.name for t in s.trials], "values": [t.value for t in s.trials],
+                          "epochs": [sorted(t.intermediate_values) for t in s.trials], "best": s.best_trial.number}}))
+    """)
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert out["states"] == ["COMPLETE"] * 3  # two cells and one free trial
+    assert out["epochs"] == [[1, 2, 3]] * 3
+    study = optuna.load_study(study_name=study_name, storage=open_storage(URL))
+    assert out["values"] == [t.value for t in study.trials] and out["best"] == study.best_trial.number
+
+
+def test_two_drivers_on_one_study_keep_every_trial_of_both(tmp_path, study_name):
+    """The second driver starts while the first has a trial RUNNING: it must take it for alive
+    (its heartbeats go on) and leave it alone, and both drivers' trials must all be stored."""
+    write_space(tmp_path, "small", SMALL_SPACE)
+    logs = [open(tmp_path / f"driver{i}.log", "w") for i in (1, 2)]
+    procs = [start(tmp_path, study_name, logs[0])]
+    try:
+        deadline = time.time() + 300
+        while not any(t.state == TrialState.RUNNING for t in _trials(study_name)):
+            assert time.time() < deadline and procs[0].poll() is None, "the first driver never ran a trial"
+            time.sleep(0.2)
+        procs.append(start(tmp_path, study_name, logs[1]))
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            kill_group(p)
+        for f in logs:
+            f.close()
+    outs = [(tmp_path / f"driver{i}.log").read_text() for i in (1, 2)]
+    assert codes == [0, 0], [o[-2000:] for o in outs]
+    assert "RUNNING: waiting" in outs[1] and "marked FAIL" not in outs[1]
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(URL)).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * len(trials)
+    # Each driver ran as many trials as it said, and each of them is in the storage.
+    drivers = [t.user_attrs["driver"] for t in trials]
+    for proc, out in zip(procs, outs):
+        ran = int(re.search(r"running (\d+) \(", out).group(1))
+        assert ran > 0 and sum(d.endswith(f":{proc.pid}") for d in drivers) == ran
+    assert len(set(drivers)) == 2
+
+
+def _trials(name):
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(URL)).trials
+    except KeyError:  # not created yet
+        return []
