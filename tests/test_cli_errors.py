@@ -1,9 +1,12 @@
-"""User mistakes end study/run.py with one line on stderr and exit 2, and leave stored studies as they were."""
+"""User mistakes end study/run.py, study/trial.py and study/analyze.py with one line on stderr and exit 2,
+and leave stored studies, exports and caches as they were."""
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -65,3 +68,124 @@ def test_new_study_name_keeps_the_other(stored):
     # --study-name sidesteps the clash; a refused run must not have touched the stored one.
     study = optuna.load_study(study_name="taskE", storage=f"sqlite:///{stored / 'optuna.db'}")
     assert study.user_attrs["space_fingerprint"] == "something-else" and len(study.trials) == 1
+
+
+# Bad data and trial settings, through study/trial.py. Each case builds its input in `tmp` and
+# returns the arguments; `needle` must be in the error line.
+def _layout(tmp, classes, files_per_class=2, empty=()):
+    root = tmp / "xray"
+    sample = sorted((ROOT / "tests" / "fixtures" / "chest_xray_sample" / "NORMAL").glob("*.jpeg"))
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        for c in classes:
+            (root / split / c).mkdir()
+            for f in ([] if c in empty else sample[:files_per_class]):
+                (root / split / c / f.name).write_bytes(f.read_bytes())
+    return root
+
+
+def _corrupt(tmp):
+    root = _layout(tmp, ["NORMAL", "PNEUMONIA"], files_per_class=4)
+    bad = sorted((root / "train" / "PNEUMONIA").iterdir())[0]
+    bad.write_bytes(bad.read_bytes()[:300])  # a truncated JPEG
+    return root, bad
+
+
+def _not_image(tmp):
+    root = _layout(tmp, ["NORMAL", "PNEUMONIA"])
+    (root / "test" / "NORMAL" / "notes.txt").write_text("not an image")
+    return root
+
+
+def _npy(tmp, y_train=None, y_test=None):
+    rng = np.random.default_rng(0)
+    for s, n in (("train", 8), ("val", 4), ("test", 4)):
+        np.save(tmp / f"x_{s}.npy", rng.integers(0, 255, (n, 16, 16), dtype=np.uint8))
+        np.save(tmp / f"y_{s}.npy", np.arange(n) % 2)
+    if y_train is not None:
+        np.save(tmp / "y_train.npy", y_train)
+    if y_test is not None:
+        np.save(tmp / "y_test.npy", y_test)
+    return tmp
+
+
+def _npz_without_test(tmp):
+    arrays = {f"{s}_{k}": np.zeros((4, 16, 16), np.uint8) if k == "images" else np.arange(4) % 2
+              for s in ("train", "val") for k in ("images", "labels")}
+    np.savez(tmp / "pneumoniamnist.npz", **arrays)
+    return tmp / "pneumoniamnist.npz"
+
+
+FAST_TRIAL = ["--image-size", "16", "--phantom-sizes", "8,8,8", "--epochs", "1", "--weights", "none"]
+TRIAL_CASES = {
+    "no class subfolders": (lambda tmp: ["--data", _layout(tmp, [])], "has no class subfolders"),
+    "an empty class folder": (lambda tmp: ["--data", _layout(tmp, ["NORMAL", "PNEUMONIA"], empty=["PNEUMONIA"])],
+                              "is missing or empty"),
+    "one class only": (lambda tmp: ["--data", _layout(tmp, ["NORMAL"])], "at least two classes"),
+    "a truncated JPEG": (lambda tmp: ["--data", _corrupt(tmp)[0]], "PNEUMONIA/NORMAL2-IM-1427-0001.jpeg ("),
+    "a non-image file": (lambda tmp: ["--data", _not_image(tmp)], "notes.txt"),
+    "an npz without the expected keys": (lambda tmp: ["--data", _npz_without_test(tmp)], "lacks the keys"),
+    "npy x and y of different lengths": (lambda tmp: ["--data", _npy(tmp, y_train=np.arange(7) % 2)],
+                                         "8 images but 7 labels"),
+    "labels out of range": (lambda tmp: ["--data", _npy(tmp, y_test=np.array([0, 1, 5, 1]))], "outside the classes"),
+    "an unknown architecture": (lambda tmp: ["--arch", "resnet19"], "unknown architecture 'resnet19'"),
+    "strict policy without the weights file": (
+        lambda tmp: [*FAST_TRIAL, "--weights", "IMAGENET1K_V1", "--weights-policy", "strict"],
+        "place the file resnet18-f37072fd.pth in"),
+    "resnet18 with IMAGENET1K_V2": (lambda tmp: ["--weights", "IMAGENET1K_V2"], "resnet18 has no weights 'IMAGENET1K_V2'"),
+    "out_features below the classes": (lambda tmp: [*FAST_TRIAL, "--out-features", "1"],
+                                       "out_features 1 is smaller than the 2 classes"),
+    "malformed repeat factors": (lambda tmp: ["--train-repeat", "1,3,x,1"], "repeat factors '1,3,x,1'"),
+}
+
+
+def snapshot(*folders):
+    return {p: digest(p) for f in folders if f.exists() for p in sorted(f.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def kept(tmp_path, stored):
+    """A storage, an export and a data cache entry that a failing command must leave as they were.
+    The cache may gain entries (data that loaded before the mistake showed), never lose or change one."""
+    (stored / "taskE").mkdir()
+    (stored / "taskE" / "trials.csv").write_text("number,state\n0,COMPLETE\n")
+    cache = tmp_path / "cache"  # TLSTUDY_CACHE_DIR (tests/conftest.py)
+    cache.mkdir(exist_ok=True)
+    (cache / "data-0123456789abcdef.pt").write_bytes(b"an earlier entry")
+    before = snapshot(stored, cache)
+    yield stored
+    after = snapshot(stored, cache)
+    assert {p: after.get(p) for p in before} == before
+    assert not [p for p in set(after) - set(before) if cache not in p.parents]
+
+
+@pytest.mark.parametrize("case", list(TRIAL_CASES))
+def test_bad_trial_input(tmp_path, kept, case):
+    make, needle = TRIAL_CASES[case]
+    (tmp_path / "in").mkdir()
+    args = [str(a) for a in make(tmp_path / "in")]
+    args = ([] if "--image-size" in args else ["--image-size", "16"]) + args + ["--json", str(kept / "taskE" / "t.json")]
+    # No network: on a machine with one, the strict case would otherwise download the weights.
+    env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    r = subprocess.run([sys.executable, str(ROOT / "study" / "trial.py"), *args], capture_output=True, text=True,
+                       timeout=180, env=env)
+    one_line_error(r, needle)
+
+
+def test_skip_bad_images_skips_counts_and_reports(tmp_path):
+    root, bad = _corrupt(tmp_path)
+    r = subprocess.run([sys.executable, str(ROOT / "study" / "trial.py"), "--data", str(root), *FAST_TRIAL,
+                        "--skip-bad-images"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert f"skipped 1 unreadable images, e.g. {bad}" in r.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--space", "taskZ"], "unknown space 'taskZ'"),
+    (["--space", "taskE", "--storage", "postgresql://tl:tl@127.0.0.1:1/tl"], "cannot open storage"),
+    (["--space", "taskC"], "no study 'taskC'"),
+])
+def test_bad_analyze_input(kept, args, needle):
+    r = subprocess.run([sys.executable, str(ROOT / "study" / "analyze.py"), *args, "--results", str(kept)],
+                       capture_output=True, text=True, timeout=180)
+    one_line_error(r, needle)

@@ -14,8 +14,10 @@ mysql://...) or an Optuna journal file (a path ending in .log, or journal:PATH).
 """
 import importlib.util
 import sqlite3
+import warnings
 from pathlib import Path
 
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -46,7 +48,9 @@ def open_storage(url, heartbeat=None):
         sa_url = "postgresql+psycopg://" + url.split("://", 1)[1]
     beats = dict(heartbeat_interval=int(heartbeat), grace_period=GRACE_BEATS * int(heartbeat)) if heartbeat else {}
     try:
-        return RDBStorage(sa_url, engine_kwargs=engine_kwargs, **beats)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; they are tested here
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return RDBStorage(sa_url, engine_kwargs=engine_kwargs, **beats)
     except ModuleNotFoundError as e:
         hint = " (pip install 'tlstudy[postgres]')" if "psycopg" in str(e) else ""
         raise UserError(f"cannot open storage {url}: no driver: {e}{hint}") from None
