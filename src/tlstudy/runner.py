@@ -226,6 +226,8 @@ def run(args):
     print(f"profile {args.profile}: {s}")
     print(f"data: {info['data_source']}  train/val/test {info['n_train']}/{info['n_val']}/{info['n_test']} "
           f"at {info['image_size']} px" + (f"\nnote: {splits.val_note}" if splits.val_note else ""))
+    if splits.skipped:
+        print(f"note: skipped {len(splits.skipped)} unreadable images (--skip-bad-images), e.g. {splits.skipped[0]}")
 
     abandoned = resolve_abandoned(study, storage)
     if abandoned:
