@@ -239,7 +239,7 @@ def find_cell(cells, task, **values):
 
 def check_claims(cells, epoch_times):
     """The report's six claims, each with this study's verdict and the numbers behind it.
-    cells: task -> cell rows; epoch_times: task -> per-trial frame (arch, mean_epoch_s).
+    cells: task -> cell rows; epoch_times: task -> per-epoch frame (arch, epoch_s).
     Interval rule: supported when the intervals do not overlap in the claimed direction,
     contradicted when they do not overlap the other way, not resolved when they overlap."""
     archs = ("resnext50_32x4d", "resnet101")
@@ -247,16 +247,18 @@ def check_claims(cells, epoch_times):
 
     def add(claim, needs, parts):
         verdicts = [v for v, _ in parts]
-        evidence = "; ".join(e for _, e in parts) or f"no trials with test figures for this in the storage: run {needs}"
+        evidence = "; ".join(e for _, e in parts) or (f"no completed trial in a cell this needs (not run, or pruned): "
+                                                      f"run {needs}, with --samples-per-cell 2 or --pruner none")
         out.append({"claim": claim, "verdict": combine(verdicts), "evidence": evidence})
 
     # 1. Time per epoch, within one task so that mode and data are the same.
     parts = []
     for task, t in epoch_times.items():
         if set(archs) <= set(t.arch):
-            ivs = {a: mean_ci(t.loc[t.arch == a, "mean_epoch_s"]) for a in archs}
+            ivs = {a: mean_ci(t.loc[t.arch == a, "epoch_s"]) for a in archs}
+            n = {a: int((t.arch == a).sum()) for a in archs}
             parts = [(compare(ivs["resnet101"], ivs["resnext50_32x4d"]),
-                      f"{task}: s/epoch resnet101 {ivs['resnet101'][0]:.2f} [{ivs['resnet101'][1]:.2f}, "
+                      f"{task}, {n['resnet101']} and {n['resnext50_32x4d']} epochs: s/epoch resnet101 {ivs['resnet101'][0]:.2f} [{ivs['resnet101'][1]:.2f}, "
                       f"{ivs['resnet101'][2]:.2f}] vs resnext50_32x4d {ivs['resnext50_32x4d'][0]:.2f} "
                       f"[{ivs['resnext50_32x4d'][1]:.2f}, {ivs['resnext50_32x4d'][2]:.2f}]")]
             break
@@ -363,14 +365,15 @@ def related_cells(storage, current):
     names = set(optuna.get_all_study_names(storage))
     for task in REPORT_TASKS:
         if task in current:
-            space, per_trial, _ = current[task]
+            space, per_trial, epochs = current[task]
         elif task in names:
-            space, per_trial, _ = study_frames(optuna.load_study(study_name=task, storage=storage))
+            space, per_trial, epochs = study_frames(optuna.load_study(study_name=task, storage=storage))
         else:
             continue
         if len(per_trial):
             cells[task] = cell_rows(per_trial.assign(task=task), space.axes)
-            times[task] = per_trial
+            if "arch" in per_trial and len(epochs):
+                times[task] = epochs.merge(per_trial[["number", "arch"]], on="number")
     return cells, times
 
 
@@ -445,7 +448,6 @@ def render(studies, space, tasks, shown, arch_table, rebuilt, beside, claims, im
     """REPORT.md: everything on one page, for GitHub."""
     first = studies[0]
     data = first.user_attrs.get("data", {})
-    base = first.user_attrs.get("base_config", {})
     source = data.get("data_source", "?")
     devices = ", ".join(sorted(per_trial.device.dropna().astype(str).unique())) if "device" in per_trial else "?"
     fallback = int((per_trial.get("weights_source") == "random-fallback").sum()) if "weights_source" in per_trial else 0
@@ -461,7 +463,8 @@ def render(studies, space, tasks, shown, arch_table, rebuilt, beside, claims, im
               f"| studies | {', '.join(f'`{s.study_name}`' for s in studies)} ({len(per_trial)} trials) |",
               f"| data | {source}: train/val/test {data.get('n_train')}/{data.get('n_val')}/{data.get('n_test')} "
               f"at {data.get('image_size')} px{'; ' + data['val_note'] if data.get('val_note') else ''} |",
-              f"| profile | {json.dumps(base)} |",
+              "| profile | " + "<br>".join(f"{s.study_name}: `{json.dumps(s.user_attrs.get('base_config', {}))}`"
+                                          for s in studies) + " |",
               f"| device | {devices} |",
               f"| produced by | `{first.user_attrs.get('command', 'python study/run.py --space ' + space.name)}`, then "
               f"`{'python study/analyze.py --space ' + shlex.quote(space.name)}` |", ""]
