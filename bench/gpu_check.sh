@@ -21,7 +21,7 @@ export TLSTUDY_CACHE_DIR="$WORK/cache" PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHO
 T0=$(date +%s)
 
 if [ "$DRY" = 1 ]; then
-  SIZE=32; IMAGES=64; STUDY_ARGS=(--profile quick --image-size 32 --epochs 1 --phantom-sizes 64,32,32 --max-train 64
+  SIZE=32; IMAGES=32; STUDY_ARGS=(--profile quick --image-size 32 --epochs 1 --phantom-sizes 64,32,32 --max-train 64
                                   --gpus-per-trial 0 --cpus-per-trial 1 --num-cpus 2)
 else
   SIZE=224; IMAGES=1024; STUDY_ARGS=(--profile full --epochs 2 --phantom-sizes 512,128,128 --weights-policy auto
@@ -36,6 +36,7 @@ set -e
 tail -3 "$WORK/tests.log" >&2
 
 echo "== 2/3 images/s at $SIZE px" >&2
+set +e  # a part that fails or runs out of time is recorded; the others still run
 timeout 200 "$PY" - "$SIZE" "$IMAGES" "$WORK/throughput.json" <<'EOF'
 import json, sys, time
 import torch
@@ -70,12 +71,12 @@ for arch in ("resnet18", "resnext50_32x4d", "resnet101"):
     r["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if on else None
     res[arch] = r
     print(arch, r, file=sys.stderr, flush=True)
-json.dump(res, open(out, "w"))
+    json.dump(res, open(out, "w"))  # after each architecture: a timeout keeps what was measured
 EOF
+echo $? >"$WORK/throughput.rc"
 
 echo "== 3/3 taskE study, four trials at 0.25 GPU" >&2
 S0=$(date +%s.%N)
-set +e
 timeout 330 "$PY" study/run.py --space taskE --results "$WORK/study" "${STUDY_ARGS[@]}" >"$WORK/study.log" 2>&1
 echo $? >"$WORK/study.rc"
 set -e
@@ -99,7 +100,8 @@ except (OSError, ET.ParseError) as e:
     res["gpu_tests"] = {"error": str(e)}
 res["gpu_tests"]["exit_status"] = int((work / "tests.rc").read_text())
 tp = work / "throughput.json"
-res["throughput"] = json.loads(tp.read_text()) if tp.exists() else {"error": "did not finish"}
+res["throughput"] = json.loads(tp.read_text()) if tp.exists() else {}
+res["throughput"]["exit_status"] = int((work / "throughput.rc").read_text())
 study = {"exit_status": int((work / "study.rc").read_text()), "wall_s": s1 - s0}
 csv = work / "study" / "taskE" / "trials.csv"
 if csv.exists():
