@@ -35,6 +35,7 @@ def xray_folder(tmp_path):
 def ray_local():
     """One local Ray for the whole test session, sized for 2 cores, on loopback."""
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # address="local": otherwise ray.init joins any Ray already running on the machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()

@@ -4,6 +4,7 @@ Every study here runs `study/run.py` in a subprocess of its own session on tiny 
 data, so that SIGKILL can take the driver and its Ray processes down together, as a
 crash would.
 """
+import ipaddress
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import psutil
 import pytest
 from optuna.trial import TrialState
 
@@ -87,6 +89,23 @@ def kill_group(proc):
     assert not survivors(proc.pid), survivors(proc.pid)
 
 
+def listening(pgid):
+    """The addresses that the processes of this process group listen on."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid:
+                found += [c.laddr.ip for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+        except (psutil.Error, ProcessLookupError):
+            pass  # gone meanwhile
+    return found
+
+
+def loopback(address):
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
 def survivors(pgid):
     r = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
     return r.stdout.split()
@@ -121,6 +140,9 @@ def test_driver_killed_at_four_points_loses_nothing_and_repeats_nothing(tmp_path
             proc = start(tmp_path, args, log)
             try:
                 trials = wait_for(proc, results, "small", predicate)
+                if any(t.intermediate_values for t in trials):  # Ray is up: it must listen on loopback only
+                    addresses = listening(proc.pid)
+                    assert addresses and all(loopback(a) for a in addresses), addresses
             finally:
                 kill_group(proc)
         trials = load(results, "small").trials  # as the kill left them
