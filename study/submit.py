@@ -26,6 +26,10 @@ import tarfile
 import time
 from pathlib import Path
 
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from tlstudy.errors import ArgumentParser, UserError, run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "=== tlstudy exports (base64 tar.gz) ===", "=== end of tlstudy exports ==="
 # Never shipped: the Jobs API refuses a working_dir over 100 MiB.
@@ -55,8 +59,6 @@ def unpack_exports(log, dest):
 
 
 def parse(argv):
-    from tlstudy.errors import ArgumentParser
-
     p = ArgumentParser(prog="study/submit.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Every other flag goes to study/run.py on the cluster (see study/run.py --help).")
@@ -72,8 +74,7 @@ def parse(argv):
 
 def job_plan(args, run_argv):
     """The run.py arguments (checked here, before anything is shipped) and the export folders to fetch."""
-    from tlstudy import runner, spaces
-    from tlstudy.errors import UserError
+    from tlstudy import runner, spaces  # here: they import torch, which an unreachable address need not wait for
 
     run_args = runner.build_parser().parse_args(run_argv)
     if not run_args.space:
@@ -96,9 +97,6 @@ def entrypoint(python, run_argv, results, names):
 
 
 def connect(address):
-    from ray.job_submission import JobSubmissionClient
-
-    from tlstudy.errors import UserError
 
     try:
         return JobSubmissionClient(address)
@@ -113,9 +111,9 @@ def submit(client, **kwargs):
     while True:
         try:
             return client.submit_job(**kwargs)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:  # refused by the server, or a working_dir over the size limit
             if "No available agent" not in str(e) or time.time() > deadline:
-                raise
+                raise UserError(f"the cluster refused the job: {str(e).strip().splitlines()[0]}") from None
             print("waiting for the cluster's job agent ...", flush=True)
             time.sleep(2)
 
@@ -134,10 +132,6 @@ async def stream(client, job_id):
 
 
 def main(argv=None):
-    from ray.job_submission import JobStatus
-
-    from tlstudy.errors import UserError
-
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--emit-exports"]:
         emit_exports(argv[1], argv[2:])
@@ -171,6 +165,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from tlstudy.errors import run_cli
-
     sys.exit(run_cli(main))

@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import psutil
+import ray.experimental.internal_kv as internal_kv
 from optuna.trial import TrialState
 from ray.cluster_utils import Cluster
 
@@ -55,6 +56,9 @@ def shut_down(cluster):
 
 def test_submit_runs_the_study_on_both_nodes(tmp_path):
     port = free_port()
+    # Cluster() points this process's internal-KV client at its own GCS and shutdown() clears it:
+    # put back the one a Ray already started in this process uses (tests/conftest.py's ray_local).
+    saved_kv = (internal_kv.global_gcs_client, internal_kv._initialized)
     cluster = Cluster(initialize_head=True, head_node_args=dict(
         num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
         dashboard_agent_listen_port=free_port()))  # not the fixed default: another Ray may hold it
@@ -96,6 +100,7 @@ def test_submit_runs_the_study_on_both_nodes(tmp_path):
         assert not (local / "optuna.db").exists()  # the study stays in the cluster's storage
     finally:
         survivors = shut_down(cluster)
+        internal_kv.global_gcs_client, internal_kv._initialized = saved_kv
         shutil.rmtree(node2_tmp, ignore_errors=True)
     assert not survivors, f"Ray processes outlived the cluster: {survivors}"
 
