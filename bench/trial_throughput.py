@@ -187,7 +187,6 @@ def sub(args, *extra, env=None):
 
 def study_overhead(tmp):
     """A quick taskE study: its wall time against the sum of its trials' wall times."""
-    import pandas as pd
     import ray
 
     from tlstudy import runner
@@ -198,24 +197,26 @@ def study_overhead(tmp):
     finally:
         wall = time.perf_counter() - t0
         ray.shutdown()
-    trials = pd.read_csv(results / "taskE" / "trials.csv", parse_dates=["datetime_start", "datetime_complete"])
-    slots = 2  # --num-cpus 2, one CPU per trial
-    busy = float(trials.wall_s.sum())
-    # Optuna's start (the searcher's ask) to its end (the tell): a trial's life in Ray, start-up included.
+    print("RESULT " + json.dumps({"study_wall_s": wall, **overhead(results / "taskE", slots=2)}), flush=True)
+
+
+def overhead(folder, slots):
+    """From a study's exports: time in the trials' fit() against the study's time.
+    slots: trials that can run at once (--num-cpus 2, one CPU per trial: 2)."""
+    import itertools
+
+    import pandas as pd
+    trials = pd.read_csv(folder / "trials.csv", parse_dates=["datetime_start", "datetime_complete"])
+    epochs = pd.read_csv(folder / "epochs.csv")
+    # A pruned trial has no summary, hence no wall_s: its time in fit() is the sum of its epochs.
+    in_fit = trials.set_index("number").wall_s.fillna(epochs.groupby("number").epoch_s.sum())
     start, end = trials.datetime_start, trials.datetime_complete
-    life = (end - start).dt.total_seconds()
-    span = (end.max() - start.min()).total_seconds()
+    life = (end - start).dt.total_seconds()  # Optuna's ask to tell: pending and start-up included
     events = sorted([(t, 1) for t in start] + [(t, -1) for t in end])
-    running = max(__import__("itertools").accumulate(d for _, d in events))
-    print("RESULT " + json.dumps(dict(
-        study_wall_s=wall, trials=len(trials), states=trials.state.value_counts().to_dict(), slots=slots,
-        sum_trial_wall_s=busy, sum_trial_life_s=float(life.sum()), trials_span_s=span, max_concurrent=int(running),
-        # the issue's measure: the study's wall time against the sum of the trials' (fit) wall times
-        overhead=1 - busy / wall,
-        # stricter, for 2 slots: the share of slot time not spent in fit
-        overhead_per_slot=1 - busy / (slots * wall),
-        outside_trials_s=wall - span,  # Ray start, data load, study set-up, export
-        in_trial_startup_s=float((life - trials.wall_s).sum()))), flush=True)  # actor start, data fetch, ask/tell
+    return dict(trials=len(trials), states=trials.state.value_counts().to_dict(), slots=slots,
+                sum_trial_wall_s=float(in_fit.sum()), sum_trial_life_s=float(life.sum()),
+                trials_span_s=(end.max() - start.min()).total_seconds(),
+                max_alive=int(max(itertools.accumulate(d for _, d in events))))
 
 
 def handover():
@@ -348,11 +349,11 @@ def table(report):
                     f"{t['maxrss_mb']:.0f} | {t['startup_s']:.2f} |")
     s = report.get("study")
     if s:
-        rows.append(f"\nquick taskE study: {s['study_wall_s']:.0f} s wall, {s['trials']} trials {s['states']}, "
-                    f"sum of trial wall times {s['sum_trial_wall_s']:.0f} s, at most {s['max_concurrent']} at once "
-                    f"on {s['slots']} slots: overhead {s['overhead']:.1%} (1 - sum/wall), "
-                    f"{s['overhead_per_slot']:.1%} of slot time; outside the trials {s['outside_trials_s']:.0f} s, "
-                    f"trial start-ups inside Ray {s['in_trial_startup_s']:.0f} s")
+        busy, wall = s["sum_trial_wall_s"], s["study_wall_s"]
+        rows.append(f"\nquick taskE study: {wall:.0f} s wall, {s['trials']} trials {s['states']}; time in the "
+                    f"trials' fit() {busy:.0f} s: 1 - sum/wall = {1 - busy / wall:.1%}; over {s['slots']} slots "
+                    f"{1 - busy / (s['slots'] * wall):.1%} of the slot time outside fit(); span of the trials "
+                    f"{s['trials_span_s']:.0f} s, at most {s['max_alive']} alive at once")
     return "\n".join(rows)
 
 
