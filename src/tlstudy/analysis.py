@@ -350,9 +350,10 @@ def side_by_side(rows, ref, tasks, axes):
 
 # ---------------------------------------------------------------- the whole analysis
 
-def study_frames(study):
+def study_frames(study, space=None):
     """(space, per-trial frame, per-epoch frame) of one stored study; trial rows carry the space's fixed settings."""
-    space = spaces.load(study.user_attrs.get("space", study.study_name))
+    # A study run from a space file path stores only its name: the caller passes the loaded space.
+    space = space or spaces.load(study.user_attrs.get("space", study.study_name))
     trials = export.trials_frame(study, space.fixed)
     epochs = export.epochs_frame(study)
     planned = study.user_attrs.get("base_config", {}).get("epochs")
@@ -398,7 +399,7 @@ def analyze(studies, space, out_dir):
     storage = studies[0]._storage
     current = {}
     for st in studies:
-        sp, per_trial, epochs = study_frames(st)
+        sp, per_trial, epochs = study_frames(st, None if space.compare else space)
         current[sp.name] = (sp, per_trial.assign(task=sp.name), epochs.assign(task=sp.name))
     tasks = list(current)
     per_trial = pd.concat([c[1] for c in current.values()], ignore_index=True)
