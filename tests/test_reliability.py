@@ -231,3 +231,32 @@ def test_failing_trials_are_contained_and_retried_while_optuna_dashboard_polls(t
         assert "FloatingPointError: non-finite training loss" in t.user_attrs["fail_reason"]
     assert "retry 1 of 1" in out
     assert "failed trials: 2 (2 in this run)" in out and "2 x FloatingPointError" in out
+
+
+def _open_at(url, barrier, queue):
+    from tlstudy.storage import open_storage
+    barrier.wait()
+    try:
+        open_storage(url)
+        queue.put("ok")
+    except BaseException as e:  # report, do not hang the parent
+        queue.put(repr(e))
+
+
+def test_processes_opening_a_new_sqlite_storage_at_once_all_succeed(tmp_path):
+    """Optuna creates its tables and stamps their version on first open; a driver and
+    optuna-dashboard (or a test polling) opening a new file at once raced there."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    outcomes = []
+    for round_ in range(6):
+        barrier, queue = ctx.Barrier(3), ctx.Queue()
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        procs = [ctx.Process(target=_open_at, args=(url, barrier, queue)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        outcomes += [queue.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert optuna.get_all_study_summaries(url) == []
+    assert outcomes == ["ok"] * 18, [o for o in outcomes if o != "ok"]

@@ -14,12 +14,14 @@ mysql://...) or an Optuna journal file (a path ending in .log, or journal:PATH).
 """
 import importlib.util
 import sqlite3
+import time
 import warnings
 from pathlib import Path
 
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tlstudy.errors import UserError
 
@@ -48,15 +50,30 @@ def open_storage(url, heartbeat=None):
         sa_url = "postgresql+psycopg://" + url.split("://", 1)[1]
     beats = dict(heartbeat_interval=int(heartbeat), grace_period=GRACE_BEATS * int(heartbeat)) if heartbeat else {}
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; they are tested here
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(sa_url, engine_kwargs=engine_kwargs, **beats)
+        return _rdb_storage(sa_url, engine_kwargs, beats)
     except ModuleNotFoundError as e:
         hint = " (pip install 'tlstudy[postgres]')" if "psycopg" in str(e) else ""
         raise UserError(f"cannot open storage {url}: no driver: {e}{hint}") from None
     except Exception as e:  # SQLAlchemy's errors for bad URLs, refused connections, bad passwords
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot open storage {url}: {msg}") from None
+
+
+def _rdb_storage(sa_url, engine_kwargs, beats, tries=5):
+    # Two processes opening a new database at once (a driver and optuna-dashboard, or two
+    # drivers) both create Optuna's tables and stamp their version, and the slower one fails
+    # with "table ... already exists" or a duplicate version row; on a second look the
+    # schema is complete.
+    for attempt in range(tries):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; they are tested here
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return RDBStorage(sa_url, engine_kwargs=engine_kwargs, **beats)
+        except Exception as e:
+            if not isinstance(e, (OperationalError, IntegrityError)) or attempt == tries - 1 or not (
+                    "already exists" in str(e) or "alembic_version" in str(e)):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def storage_exists(url):
