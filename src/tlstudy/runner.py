@@ -181,6 +181,12 @@ def init_ray(args):
         raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
 
 
+def slots(cluster, resources):
+    """How many trials with `resources` the cluster's resources (ray.cluster_resources()) fit at once."""
+    fits = [cluster.get(k.upper(), 0) / v for k, v in resources.items() if v]
+    return max(1, int(min(fits))) if fits else 1
+
+
 def artifact_dir(results):
     """Where the trials' learning-curve artifacts live (optuna-dashboard needs the same folder)."""
     path = (results / "artifacts").resolve()
@@ -258,11 +264,14 @@ def run_trials(study, space, splits, base, s, args, storage, results, n_trials):
                                    pruner=make_pruner(args.pruner, s["epochs"]),
                                    artifact_dir=artifact_dir(results))
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    # With a searcher, Tune keeps one trial pending at a time unless concurrency is bounded:
+    # the second slot's worker would start only once the first trial runs (12 s later here).
+    max_concurrent = args.max_concurrent or slots(ray.cluster_resources(), resources)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
         param_space={**base, **space.param_space},
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=OptunaPruningScheduler(searcher),
-                                    num_samples=n_trials, max_concurrent_trials=args.max_concurrent,
+                                    num_samples=n_trials, max_concurrent_trials=max_concurrent,
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str((results / "ray" / space.name).resolve()),
@@ -363,7 +372,8 @@ def build_parser():
     g.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     g.add_argument("--cpus-per-trial", type=float, default=1)
     g.add_argument("--gpus-per-trial", type=float, default=None, help="e.g. 0.25 packs four trials on a GPU")
-    g.add_argument("--max-concurrent", type=int, default=None)
+    g.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials at once (default: as many as Ray's resources fit when the study starts)")
     return p
 
 
