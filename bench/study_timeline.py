@@ -57,11 +57,12 @@ def main():
               f"({s['epochs']} epochs)")
     in_trials = sum(s["in_trial_s"] for s in spans)
     span = max(s["end"] for s in spans) - first
+    workers = len({s["pid"] for s in spans})  # reused actors: one per slot
     print("RESULT " + json.dumps({
-        "wall_s": wall, **PHASES, "trials": len(spans), "workers": len({s["pid"] for s in spans}),
+        "wall_s": wall, **PHASES, "trials": len(spans), "workers": workers,
         "sum_in_trial_s": in_trials, "sum_epoch_s": sum(s["epoch_s"] for s in spans),
         "trials_span_s": span, "tuner_fit_before_or_after_trials_s": PHASES["tuner_fit_s"] - span,
-        "slot_time_outside_trials": 1 - in_trials / (2 * wall)}))
+        "slot_time_outside_trials": 1 - in_trials / (workers * wall)}))
 
 
 if __name__ == "__main__":

@@ -69,9 +69,9 @@ def _rdb_storage(sa_url, engine_kwargs, beats, tries=5):
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; they are tested here
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 return RDBStorage(sa_url, engine_kwargs=engine_kwargs, **beats)
-        except Exception as e:
-            if not isinstance(e, (OperationalError, IntegrityError)) or attempt == tries - 1 or not (
-                    "already exists" in str(e) or "alembic_version" in str(e)):
+        except (OperationalError, IntegrityError) as e:
+            schema_race = "already exists" in str(e) or "alembic_version" in str(e)
+            if not schema_race or attempt == tries - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
 
