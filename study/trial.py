@@ -1,6 +1,6 @@
 """Run ONE trial of the study, without Ray: python study/trial.py --arch resnet18 --epochs 3
 
-Every trial setting of tlstudy.train.DEFAULTS is a flag (--lr, --mode frozen,
+Every trial setting of tlstudy.config.DEFAULTS is a flag (--lr, --mode frozen,
 --train-repeat 1,3,3,1, ...). Prints the per-epoch table and the final metrics;
 --json FILE writes them.
 """
@@ -11,7 +11,8 @@ import warnings
 
 from tlstudy import data as tldata
 from tlstudy.errors import ArgumentParser, UserError, run_cli
-from tlstudy.train import DEFAULTS, fit, resolve
+from tlstudy.config import DEFAULTS
+from tlstudy.train import fit, resolve
 
 
 def parse_args(argv):
@@ -25,7 +26,8 @@ def parse_args(argv):
     g.add_argument("--min-val", type=int, default=tldata.MIN_VAL,
                    help="a smaller val split is replaced by a stratified 10%% of train")
     g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping")
-    g = p.add_argument_group("trial (tlstudy.train.DEFAULTS)")
+    g.add_argument("--data-seed", type=int, default=0, help="seeds the phantom, the val split and the train subset")
+    g = p.add_argument_group("trial (tlstudy.config.DEFAULTS)")
     for key, default in DEFAULTS.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(default, bool):
@@ -50,11 +52,11 @@ def main(argv=None):
         n_train, n_val, n_test = (int(v) for v in args.phantom_sizes.split(","))
     except ValueError:
         raise UserError(f"--phantom-sizes {args.phantom_sizes!r} must be three integers: train,val,test") from None
-    data = tldata.load(args.data, args.image_size, seed=config["seed"], min_val=args.min_val,
+    data = tldata.load(args.data, args.image_size, seed=args.data_seed, min_val=args.min_val,
                        phantom_sizes={"train": n_train, "val": n_val, "test": n_test},
                        skip_bad_images=args.skip_bad_images)
     if args.max_train:
-        data = tldata.subsample_train(data, args.max_train, config["seed"])
+        data = tldata.subsample_train(data, args.max_train, args.data_seed)
     info = data.info()
     print(f"data: {info['data_source']}  train/val/test {info['n_train']}/{info['n_val']}/{info['n_test']}"
           f"  {info['image_size']} px  classes {info['classes']}")

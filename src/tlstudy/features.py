@@ -27,8 +27,10 @@ BATCH = 128
 
 
 def applies(cfg):
-    """Whether a trial can train on cached features: a frozen backbone and no random augmentation."""
-    return cfg["mode"] == "frozen" and not cfg["augment"] and cfg["feature_cache"] == "auto"
+    """Whether a trial can train on cached features: a frozen backbone whose BatchNorm stays in eval
+    mode (in train mode its output depends on the batch), and no random augmentation."""
+    return (cfg["mode"] == "frozen" and cfg["frozen_bn"] == "eval" and not cfg["augment"]
+            and cfg["feature_cache"] == "auto")
 
 
 def for_splits(model, x, repeats, cfg, weights_source, run):
@@ -44,7 +46,7 @@ def for_splits(model, x, repeats, cfg, weights_source, run):
 
 def key(images, repeat, cfg, weights_source, run):
     if weights_source in ("none", "random-fallback"):
-        weights = {"random_init_seed": cfg["seed"]}
+        weights = {"random_init_seed": cfg["train_seed"]}
     else:
         st = os.stat(models.weights_file(cfg["arch"], weights_source))
         weights = {"weights": weights_source, "file": [st.st_size, st.st_mtime_ns]}

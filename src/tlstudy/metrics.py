@@ -43,3 +43,11 @@ def test_metrics(logits, target, num_classes):
         "specificity": float(recall[0]) if num_classes == 2 else None,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def predictions(logits, num_classes):
+    """Per test image: the predicted output index (argmax over all outputs) and the class-1
+    (PNEUMONIA) score, a probability renormalised over the real classes; for predictions.csv."""
+    logits = torch.as_tensor(logits).float()
+    prob = torch.softmax(logits[:, :num_classes], 1)
+    return {"pred": logits.argmax(1).tolist(), "score": [round(v, 5) for v in prob[:, min(1, num_classes - 1)].tolist()]}

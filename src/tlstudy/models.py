@@ -64,10 +64,11 @@ def build(arch, weights="none", out_features=2, mode="finetune", policy="auto", 
     return model, source
 
 
-def set_mode(model, mode, training):
-    """model.train(training), except that a frozen backbone always stays in eval mode
-    so its BatchNorm running statistics never move."""
-    model.train(training and mode == "finetune")
+def set_mode(model, mode, training, frozen_bn="eval"):
+    """model.train(training), except for a frozen backbone: there BatchNorm stays in eval mode,
+    so its running statistics never move, unless frozen_bn="train" (the PyTorch tutorial's
+    frozen model calls model.train(), so its BatchNorm statistics adapt to the new data)."""
+    model.train(training and (mode == "finetune" or frozen_bn == "train"))
 
 
 def _construct(arch, state):

@@ -23,7 +23,7 @@ from ray.tune.search.sample import Categorical, Domain
 
 from tlstudy import models
 from tlstudy.errors import UserError
-from tlstudy.train import DEFAULTS
+from tlstudy.config import DEFAULTS
 
 PROJECT_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 

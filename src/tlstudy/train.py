@@ -13,6 +13,7 @@ trains on its cached output (`tlstudy.features`), with the same batches in the s
 """
 import contextlib
 import copy
+import json
 import random
 import time
 
@@ -21,34 +22,10 @@ import torch
 from torch import nn
 
 from tlstudy import features, metrics, models
+from tlstudy.config import CHOICES, DEFAULTS
 from tlstudy.errors import UserError
 from tlstudy.transforms import augment, parse_repeat, to_input
 
-# A trial's configuration, as plain Python. Every key can be searched or overridden.
-DEFAULTS = dict(
-    arch="resnet18",
-    weights="IMAGENET1K_V1",  # or IMAGENET1K_V2, or "none"
-    weights_policy="auto",  # "strict": fail when the pretrained file is missing
-    mode="finetune",  # or "frozen": only the new head trains
-    out_features=2,
-    train_repeat="1,3,1,1",
-    eval_repeat="1,3,1,1",  # val and test
-    optimizer="sgd",  # sgd (with momentum), adam, adamw
-    lr=1e-3,
-    momentum=0.9,
-    weight_decay=0.0,
-    batch_size=16,
-    schedule="step",  # step (as the PyTorch transfer-learning tutorial), cosine, none
-    step_size=7,
-    gamma=0.1,
-    epochs=3,
-    augment=False,
-    seed=0,
-    device="auto",  # auto: cuda when present, else cpu
-    amp="auto",  # bf16 autocast: auto = where the hardware has native bf16; on; off
-    channels_last="auto",  # auto = together with bf16, where it pays; on; off
-    feature_cache="auto",  # auto: a frozen trial without augmentation trains its head on cached features; off
-)
 EVAL_BATCH = 128
 
 
@@ -56,7 +33,7 @@ def fit(config, data):
     """Train per `config` on `data` (a tlstudy.data.Splits); yield one metrics dict per epoch."""
     t_start = time.perf_counter()
     cfg = resolve(config)
-    seed_everything(cfg["seed"])
+    seed_everything(cfg["train_seed"])
     device = torch.device(cfg["device"])
     amp = _switch(cfg["amp"], native_bf16(device))
     channels_last = _switch(cfg["channels_last"], amp)
@@ -70,7 +47,8 @@ def fit(config, data):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
     scheduler = make_scheduler(cfg, optimizer)
-    run = dict(device=device, amp=amp, fmt=fmt, mode=cfg["mode"], features=features.applies(cfg))
+    run = dict(device=device, amp=amp, fmt=fmt, mode=cfg["mode"], frozen_bn=cfg["frozen_bn"],
+               features=features.applies(cfg))
     y = {s: t.to(device, non_blocking=True) for s, t in data.y.items()}
     if run["features"]:
         repeats = {"train": train_repeat, "val": eval_repeat, "test": eval_repeat}
@@ -82,9 +60,11 @@ def fit(config, data):
         net, feature_cache = model, "off"
     else:
         x, net, feature_cache = data.x, model, "off"
-    gen = torch.Generator().manual_seed(cfg["seed"])
+    gen = torch.Generator().manual_seed(cfg["train_seed"])
 
-    best = {"val_loss": float("inf")}
+    # The checkpoints a trial is tested at: lowest val loss (the study's choice), highest val
+    # accuracy (the tutorial's choice), and the last epoch.
+    best = {"loss": {}, "acc": {}}
     history = []
     startup_s = time.perf_counter() - t_start
     for epoch in range(1, cfg["epochs"] + 1):
@@ -98,9 +78,11 @@ def fit(config, data):
         rec = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
                    val_acc=val_acc, lr=lr, epoch_s=time.perf_counter() - t0)
         history.append(rec)
-        # "not <" keeps a NaN first epoch from leaving the trial without any checkpoint.
-        if "state" not in best or val_loss < best["val_loss"] or not np.isfinite(best["val_loss"]):
-            best = {"val_loss": val_loss, "epoch": epoch, "state": _state_copy(net)}
+        # The first epoch always makes a checkpoint, so a NaN first epoch still leaves one.
+        if not best["loss"] or val_loss < best["loss"]["val_loss"] or not np.isfinite(best["loss"]["val_loss"]):
+            best["loss"] = {"val_loss": val_loss, "epoch": epoch, "state": _state_copy(net)}
+        if not best["acc"] or val_acc > best["acc"]["val_acc"]:
+            best["acc"] = {"val_acc": val_acc, "epoch": epoch, "state": _state_copy(net)}
         if epoch == cfg["epochs"]:
             summary = summarize(net, x, y, data, best, history, eval_repeat, run)
             summary.update(wall_s=time.perf_counter() - t_start, startup_s=startup_s, build_s=build_s,
@@ -113,7 +95,7 @@ def fit(config, data):
 
 def train(model, x, y, optimizer, cfg, repeat, gen, run):
     """One epoch over x in a random order; returns (mean loss, accuracy)."""
-    models.set_mode(model, run["mode"], training=True)
+    models.set_mode(model, run["mode"], training=True, frozen_bn=run["frozen_bn"])
     criterion = nn.CrossEntropyLoss()
     n, bs = len(y), cfg["batch_size"]
     perm = torch.randperm(n, generator=gen).to(x.device)
@@ -162,20 +144,28 @@ def _input(xb, repeat, run):
     return xb if run["features"] else to_input(xb, repeat).contiguous(memory_format=run["fmt"])
 
 
+CHECKPOINTS = {"best": "best_loss", "bestacc": "best_acc", "final": "final"}  # result-key tag -> predictions name
+
+
 def summarize(model, x, y, data, best, history, eval_repeat, run):
-    """The trial's results: report-table figures and test metrics at the final and best-val checkpoints."""
+    """The trial's results: report-table figures, and test metrics and per-image predictions
+    at the final, best-val-loss and best-val-accuracy checkpoints."""
     out = dict(
         final_train_loss=history[-1]["train_loss"], final_val_loss=history[-1]["val_loss"],
         final_val_acc=history[-1]["val_acc"], best_train_acc=max(h["train_acc"] for h in history),
-        best_val_acc=max(h["val_acc"] for h in history), best_val_loss=best["val_loss"],
-        best_epoch=best["epoch"], epochs=len(history),
+        best_val_acc=max(h["val_acc"] for h in history), best_val_loss=best["loss"]["val_loss"],
+        best_epoch=best["loss"]["epoch"], best_acc_epoch=best["acc"]["epoch"], epochs=len(history),
     )
-    for tag in ("final", "best"):
-        if tag == "best":
-            model.load_state_dict(best["state"])
+    predictions = {}
+    for tag in ("final", "best", "bestacc"):
+        if tag != "final":
+            model.load_state_dict(best["loss" if tag == "best" else "acc"]["state"])
         _, _, logits = validate(model, x["test"], y["test"], eval_repeat, run)
         m = metrics.test_metrics(logits, data.y["test"], data.num_classes)
         out.update({f"test_{tag}_{k}": v for k, v in m.items()})
+        predictions[CHECKPOINTS[tag]] = metrics.predictions(logits, data.num_classes)
+    # One string: Ray's loggers keep it as it is, where lists would be split or dropped.
+    out["predictions"] = json.dumps(predictions, separators=(",", ":"))
     return out
 
 
@@ -189,20 +179,14 @@ def resolve(config):
         cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg["device"].startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {cfg['device']} asked for, but torch sees no CUDA device")
-    if cfg["optimizer"] not in ("sgd", "adam", "adamw"):
-        raise UserError(f"optimizer {cfg['optimizer']!r} is not one of sgd, adam, adamw")
-    if cfg["schedule"] not in ("step", "cosine", "none"):
-        raise UserError(f"schedule {cfg['schedule']!r} is not one of step, cosine, none")
+    for k, allowed in CHOICES.items():
+        if k != "device" and cfg[k] not in allowed and not (k in ("amp", "channels_last") and isinstance(cfg[k], bool)):
+            raise UserError(f"{k} {cfg[k]!r} is not one of {', '.join(allowed)}")
     for k in ("epochs", "batch_size", "step_size"):
         if int(cfg[k]) < 1:
             raise UserError(f"{k} must be at least 1, not {cfg[k]}")
     if not cfg["lr"] > 0:
         raise UserError(f"lr must be positive, not {cfg['lr']}")
-    for k in ("amp", "channels_last"):
-        if cfg[k] not in ("auto", "on", "off", True, False):
-            raise UserError(f"{k} must be auto, on or off, not {cfg[k]!r}")
-    if cfg["feature_cache"] not in ("auto", "off"):
-        raise UserError(f"feature_cache must be auto or off, not {cfg['feature_cache']!r}")
     parse_repeat(cfg["train_repeat"]), parse_repeat(cfg["eval_repeat"])
     models.check(cfg["arch"], cfg["weights"], cfg["out_features"], mode=cfg["mode"], policy=cfg["weights_policy"])
     return cfg
