@@ -114,3 +114,54 @@ def test_npy_folder(tmp_path):
     np.save(tmp_path / "y_test.npy", np.arange(12) % 3)
     with pytest.raises(UserError, match="outside the classes"):
         data.load(tmp_path, 64, min_val=5)
+
+
+def kermany_folder(root, rng):
+    """A chest_xray folder with Kermany's file names: 90 patients with 1-4 images each in train,
+    a 4-image val split (too small: it is resplit), and a small test split."""
+    def write(path, value):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((20, 20), value, np.uint8)).save(path)
+    image = 0
+    for p in range(90):
+        pneumonia = p % 4 != 0  # about Kermany's 1 : 3
+        for k in range(int(rng.integers(1, 5))):
+            image += 1
+            name = (f"person{p}_bacteria_{image}.jpeg" if pneumonia else
+                    f"{'NORMAL2-' if p % 8 == 0 else ''}IM-{p:04d}-{k + 1:04d}.jpeg")
+            write(root / "train" / ("PNEUMONIA" if pneumonia else "NORMAL") / name, p)
+    for cls, val, test in (("NORMAL", ["IM-0900-0001.jpeg", "IM-0901-0001.jpeg"], ["IM-0950-0001.jpeg"]),
+                           ("PNEUMONIA", ["person900_virus_1.jpeg", "person901_virus_2.jpeg"],
+                            ["person950_virus_3.jpeg"])):
+        for n in val:
+            write(root / "val" / cls / n, 1)
+        for n in test:
+            write(root / "test" / cls / n, 2)
+    return root
+
+
+def test_val_split_off_train_keeps_each_patient_on_one_side(tmp_path):
+    root = kermany_folder(tmp_path / "chest_xray", np.random.default_rng(0))
+    s = data.load(root, 16, seed=3, min_val=50, val_fraction=0.2)
+    assert "grouped by patient" in s.val_note and "patients from the file names" in s.group_note
+    train, val = set(s.groups["train"]), set(s.groups["val"])
+    assert train and val and not train & val and not (train | val) & set(s.groups["test"])
+    # Several images per patient did occur, or the test would prove nothing.
+    assert len(s.groups["train"]) > len(train)
+    ratio = lambda split: float((s.y[split] == 0).float().mean())  # noqa: E731
+    everything = torch.cat([s.y["train"], s.y["val"]])
+    assert abs(ratio("val") - float((everything == 0).float().mean())) < 0.06
+    assert len(s.y["val"]) == pytest.approx(0.2 * len(everything), rel=0.25)
+    rows = s.manifest()
+    assert len(rows) == sum(len(s.y[k]) for k in ("train", "val", "test"))
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["test/NORMAL/IM-0950-0001.jpeg"] == {"id": "test/NORMAL/IM-0950-0001.jpeg", "split": "test",
+                                                       "group": "IM-0950", "label": "NORMAL"}
+    assert any(r["group"].startswith("NORMAL2-IM-") for r in rows) and any(r["group"].startswith("person") for r in rows)
+
+
+def test_arrays_and_phantom_are_split_per_image_and_say_so():
+    s = data.load("phantom", 16, seed=0, phantom_sizes={"train": 40, "val": 10, "test": 16}, min_val=20)
+    assert s.ids["test"] == [f"test/{i}" for i in range(16)] and s.groups["test"] == s.ids["test"]
+    assert "per image" in s.group_note and "per image" in s.val_note
+    assert int((s.y["test"] == 0).sum()) == round(16 * 234 / 624)

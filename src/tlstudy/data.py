@@ -16,10 +16,19 @@ Kaggle's val split holds only 16 images, too few to select checkpoints or prune
 on. When val is smaller than `min_val` (MIN_VAL = 100 by default), it is merged
 into train and a stratified, seeded `val_fraction` of train is split off as val;
 `Splits.val_note` says so, and it travels into the results.
+
+Every image has an id (its path relative to the data root, or `split/index` for
+arrays and the phantom) and a group, the patient. Kermany's file names carry the
+patient (`person1946_bacteria_4874.jpeg`, `IM-0115-0001.jpeg`,
+`NORMAL2-IM-1427-0001.jpeg`), and one child can have several images: a val split
+taken from train keeps each patient on one side, or the val accuracy that picks
+checkpoints and prunes trials is inflated by near-duplicates. Sources without
+patient ids are split per image, and `Splits.group_note` says so.
 """
 import hashlib
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from tlstudy import phantom
 from tlstudy.errors import UserError
@@ -38,8 +47,12 @@ MIN_VAL = 100
 VAL_FRACTION = 0.1
 # Kermany's split sizes scaled down; class balance comes from `phantom`.
 PHANTOM_SIZES = {"train": 600, "val": 150, "test": 200}
-# Kermany's train split is 1341 NORMAL / 3875 PNEUMONIA; its test split 234 / 390.
-PHANTOM_NORMAL_FRACTION = {"train": 0.26, "val": 0.26, "test": 0.375}
+# Kermany's train split is 1341 NORMAL / 3875 PNEUMONIA; its test split 234 / 390. The
+# phantom's val split is drawn like train. Class counts are exact: round(n * fraction).
+PHANTOM_NORMAL_FRACTION = {"train": 1341 / 5216, "val": 1341 / 5216, "test": 234 / 624}
+# The patient in a Kermany file name: person1946_bacteria_4874, IM-0115-0001, NORMAL2-IM-1427-0001.
+PATIENT = re.compile(r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE)
+CACHE_VERSION = 2  # 2: image ids stored with the pixels
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm"}
 
 
@@ -52,6 +65,9 @@ class Splits:
     fingerprint: str
     val_note: str = ""
     skipped: list = field(default_factory=list)  # unreadable files left out
+    ids: dict = field(default_factory=dict)  # split name -> image ids (relative path, or split/index)
+    groups: dict = field(default_factory=dict)  # split name -> patient of each image (its id when unknown)
+    group_note: str = ""
 
     @property
     def num_classes(self):
@@ -68,6 +84,11 @@ class Splits:
             "val_note": self.val_note,
             "skipped_images": len(self.skipped),
         }
+
+    def manifest(self):
+        """Rows (id, split, group, label) of every image: results/<space>/splits.csv."""
+        return [{"id": i, "split": s, "group": g, "label": self.classes[int(c)]}
+                for s in SPLITS for i, g, c in zip(self.ids[s], self.groups[s], self.y[s].tolist())]
 
 
 def cache_dir():
@@ -101,14 +122,38 @@ def load(source="phantom", image_size=64, *, seed=0, phantom_sizes=None, min_val
         key = {"path": str(path), "content": _fingerprint(path), "skip_bad": skip_bad_images}
         label = str(path)
     key["image_size"] = image_size
+    key["version"] = CACHE_VERSION
     fingerprint = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     raw = cached(f"data-{fingerprint}", build) if use_cache else build()
     x, y = raw["x"], raw["y"]
     _check_labels(y, raw["classes"], source)
+    ids = raw.get("ids") or {s: [f"{s}/{i}" for i in range(len(y[s]))] for s in SPLITS}
+    groups, group_note = patients(ids)
     val_note = ""
     if len(y["val"]) < min_val:
-        x, y, val_note = _resplit_val(x, y, min_val, val_fraction, seed)
-    return Splits(x, y, raw["classes"], label, fingerprint, val_note, raw.get("skipped", []))
+        x, y, ids, groups, val_note = _resplit_val(x, y, ids, groups, min_val, val_fraction, seed)
+    return Splits(x, y, raw["classes"], label, fingerprint, val_note, raw.get("skipped", []), ids, groups, group_note)
+
+
+def patients(ids):
+    """({split: patient per image}, note): the patient from Kermany's file names; an image
+    whose name carries none is its own group, and the note says how many."""
+    groups, unknown, total = {}, 0, 0
+    for s, names in ids.items():
+        groups[s] = []
+        for i in names:
+            m = PATIENT.match(Path(i).name)
+            groups[s].append((m.group(1) or m.group(2)) if m else i)
+            unknown += not m
+            total += 1
+    if unknown == total:
+        return groups, "no patient ids in the image names: splits are per image"
+    n = {s: len(set(g)) for s, g in groups.items()}
+    note = f"patients from the file names: {n['train']} train, {n['val']} val, {n['test']} test"
+    both = set(groups["train"]) & set(groups["test"])
+    if both:
+        note += f"; {len(both)} patients have images in both train and test (the source's own split)"
+    return groups, note + (f"; {unknown} images without a patient id are their own group" if unknown else "")
 
 
 def cached(name, build):
@@ -164,7 +209,7 @@ def _image_folder(root, size, skip_bad):
     classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise UserError(f"{root / 'train'} has no class subfolders (e.g. NORMAL/, PNEUMONIA/)")
-    x, y, skipped = {}, {}, []
+    x, y, ids, skipped = {}, {}, {}, []
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         for s in SPLITS:
             files, labels = [], []
@@ -184,12 +229,13 @@ def _image_folder(root, size, skip_bad):
             elif s != "val":
                 raise UserError(f"{root / s} is missing")
             imgs = list(pool.map(lambda p: _read_image(p, size, skip_bad), files))
+            ids[s] = [files[i].relative_to(root).as_posix() for i, im in enumerate(imgs) if im is not None]
             keep = [i for i, im in enumerate(imgs) if im is not None]
             skipped += [str(files[i]) for i, im in enumerate(imgs) if im is None]
             x[s] = torch.from_numpy(np.stack([imgs[i] for i in keep])[:, None] if keep
                                     else np.zeros((0, 1, size, size), np.uint8))
             y[s] = torch.tensor([labels[i] for i in keep], dtype=torch.long)
-    return {"x": x, "y": y, "classes": classes, "skipped": skipped}
+    return {"x": x, "y": y, "classes": classes, "skipped": skipped, "ids": ids}
 
 
 def _to_tensor(a, size, name):
@@ -281,18 +327,33 @@ def subsample_train(splits, n, seed):
                                random_state=seed)
     keep = np.sort(keep)
     return replace(splits, x={**splits.x, "train": splits.x["train"][keep]},
-                   y={**splits.y, "train": splits.y["train"][keep]})
+                   y={**splits.y, "train": splits.y["train"][keep]},
+                   ids={**splits.ids, "train": [splits.ids["train"][i] for i in keep]},
+                   groups={**splits.groups, "train": [splits.groups["train"][i] for i in keep]})
 
 
-def _resplit_val(x, y, min_val, val_fraction, seed):
+def _resplit_val(x, y, ids, groups, min_val, val_fraction, seed):
+    """Merge val into train and split a stratified val_fraction off it again, keeping each
+    patient (group) on one side."""
     n_val = len(y["val"])
     xs, ys = torch.cat([x["train"], x["val"]]), torch.cat([y["train"], y["val"]])
+    all_ids, all_groups = ids["train"] + ids["val"], groups["train"] + groups["val"]
     k = len(torch.unique(ys))
     n_new = max(k, int(np.ceil(val_fraction * len(ys))))  # stratifying needs one image per class at least
     if torch.bincount(ys).min() < 2 or n_new > len(ys) - k:
         raise UserError(f"too few images to split a val set off train ({len(ys)}; each class needs at least 2)")
-    tr, va = train_test_split(np.arange(len(ys)), test_size=n_new, stratify=ys.numpy(), random_state=seed)
+    if len(set(all_groups)) == len(all_groups):  # one image per group: a plain stratified split
+        tr, va = train_test_split(np.arange(len(ys)), test_size=n_new, stratify=ys.numpy(), random_state=seed)
+        how = "per image"
+    else:
+        n_splits = max(2, min(round(1 / val_fraction), int(torch.bincount(ys).min())))  # small sets: fewer folds
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        tr, va = next(folds.split(np.zeros(len(ys)), ys.numpy(), groups=all_groups))
+        how = "grouped by patient"
     tr, va = np.sort(tr), np.sort(va)
     note = (f"val had {n_val} images (< {min_val}): merged into train and split off a stratified "
-            f"{val_fraction:.0%} of it (seed {seed}) as val: {len(va)} images")
-    return ({**x, "train": xs[tr], "val": xs[va]}, {**y, "train": ys[tr], "val": ys[va]}, note)
+            f"{val_fraction:.0%} of it ({how}, seed {seed}) as val: {len(va)} images")
+    pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
+    return ({**x, "train": xs[tr], "val": xs[va]}, {**y, "train": ys[tr], "val": ys[va]},
+            {**ids, "train": pick(all_ids, tr), "val": pick(all_ids, va)},
+            {**groups, "train": pick(all_groups, tr), "val": pick(all_groups, va)}, note)

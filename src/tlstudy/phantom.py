@@ -35,13 +35,15 @@ _SHIFT = {
 
 
 def make_split(n: int, size: int, seed: int, shifted: bool, normal_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """n phantoms of size x size pixels: (uint8 array n x 1 x size x size, int64 labels n; 0 = NORMAL, 1 = PNEUMONIA)."""
+    """n phantoms of size x size pixels: (uint8 array n x 1 x size x size, int64 labels n; 0 = NORMAL, 1 = PNEUMONIA).
+    Exactly round(n * normal_fraction) are NORMAL, in a seeded order."""
+    y = np.ones(n, np.int64)
+    y[:int(round(n * normal_fraction))] = 0
+    np.random.default_rng([seed, int(shifted), n]).shuffle(y)
     x = np.empty((n, 1, size, size), np.uint8)
-    y = np.empty(n, np.int64)
     for i in range(n):
-        # One generator per image, so image i does not depend on n.
+        # One generator per image, so image i's picture depends only on its label and index.
         rng = np.random.default_rng([seed, int(shifted), i])
-        y[i] = int(rng.random() >= normal_fraction)
         x[i, 0] = _render(rng, size, bool(y[i]), shifted)
     return x, y
 
