@@ -14,6 +14,13 @@ searcher.on_trial_result on STOP. So:
 - `OptunaPruningScheduler` runs for every result before anything else, records it
   through the searcher and returns STOP when the pruner says so.
 
+- It hands out the trials the study's design still needs (tlstudy.design): each is
+  enqueued with its cell's parameters and its `cell`, `phase`, `train_seed` user
+  attributes just before Optuna's ask pops it, and its training seed goes into the
+  trial's config. When a cell's replicates wait for its search to end, `suggest`
+  returns None and Tune asks again later.
+- A finished trial's per-image test predictions become an Optuna artifact (CSV).
+
 - It also keeps its trials' heartbeats (SQL storages): Optuna's own heartbeat thread
   only runs inside Study.optimize, and Tune drives the study through ask/tell. A
   driver that dies stops beating, and the next driver fails its trials
@@ -22,6 +29,7 @@ searcher.on_trial_result on STOP. So:
 The Ray internals this relies on (`OptunaSearch._setup_study`, `_ot_study`,
 `_ot_trials`, the call order) are pinned by tests/test_bridge.py.
 """
+import csv
 import json
 import math
 import os
@@ -37,19 +45,24 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from tlstudy import plots
+from tlstudy import design, plots
 
 METRIC = "val_loss"
 STEP = "epoch"
+PREDICTIONS_PREFIX = "predictions_trial"
 
 
 class OptunaPruningSearch(OptunaSearch):
-    def __init__(self, *args, pruner=None, artifact_dir=None, **kwargs):
+    def __init__(self, *args, pruner=None, artifact_dir=None, plan=None, test_images=None, progress=None, **kwargs):
         # Set before OptunaSearch.__init__, which calls _setup_study when given a space.
         self._pruner = pruner or optuna.pruners.NopPruner()
         self._artifact_dir = artifact_dir
+        self._plan = plan  # (cells, budget, seeds): what the study needs (tlstudy.design)
+        self._test_images = test_images  # (ids, labels) of the test split, in the order of its predictions
+        self._progress = progress  # called with each finished trial's line fields
         self._epochs = {}  # trial_id -> per-epoch records
         self._pruned = set()
         self._errors = {}
@@ -62,10 +75,20 @@ class OptunaPruningSearch(OptunaSearch):
         self._ot_study.pruner = self._pruner
 
     def suggest(self, trial_id):
+        if self._plan is not None:
+            cells, budget, seeds = self._plan
+            work = design.next_work(self._ot_study.get_trials(deepcopy=False), cells, budget, seeds)
+            if work == design.WAIT:
+                return None
+            if work == design.DONE:
+                return Searcher.FINISHED
+            self._ot_study.enqueue_trial(work.params, user_attrs=work.user_attrs, skip_if_exists=False)
         with warnings.catch_warnings():  # "Heartbeat of storage is supposed to be used with Study.optimize"
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
+        if "train_seed" in ot_trial.user_attrs:
+            config["train_seed"] = ot_trial.user_attrs["train_seed"]
         if is_heartbeat_enabled(self._storage):
             self._storage.record_heartbeat(ot_trial._trial_id)
             if self._beating is None:
@@ -152,9 +175,15 @@ class OptunaPruningSearch(OptunaSearch):
         else:
             state, value = TrialState.COMPLETE, result["summary/best_val_loss"]
             for k, v in result.items():
-                if k.startswith("summary/") and _storable(v):
+                if k.startswith("summary/") and k != "summary/predictions" and _storable(v):
                     ot_trial.set_user_attr(k[len("summary/"):], v)
+            if self._artifact_dir and "summary/predictions" in result:
+                self._upload_predictions(ot_trial, json.loads(result["summary/predictions"]))
         self._ot_study.tell(ot_trial, value, state=state, skip_if_finished=True)
+        if self._progress:
+            self._progress(number=ot_trial.number, attrs=ot_trial.user_attrs, state=state.name, value=value,
+                           epochs=len(epochs), test_acc=(result or {}).get("summary/test_best_acc"),
+                           reason=self._errors.get(trial_id))
 
     def _upload_learning_curve(self, ot_trial, epochs):
         """The trial's learning curve as an Optuna artifact, so optuna-dashboard shows it on the trial's page."""
@@ -163,6 +192,19 @@ class OptunaPruningSearch(OptunaSearch):
             path = os.path.join(tmp, f"learning_curve_trial{ot_trial.number}.png")
             plots.learning_curve(epochs, path, f"trial {ot_trial.number}")
             upload_artifact(artifact_store=store, file_path=path, study_or_trial=ot_trial, mimetype="image/png")
+
+    def _upload_predictions(self, ot_trial, predictions):
+        """Each test image's id, label, predicted output and PNEUMONIA score at every checkpoint, as a CSV artifact."""
+        ids, labels = self._test_images
+        store = FileSystemArtifactStore(str(self._artifact_dir))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"{PREDICTIONS_PREFIX}{ot_trial.number}.csv")
+            with open(path, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["checkpoint", "image_id", "label", "pred", "score"])
+                for checkpoint, p in predictions.items():
+                    w.writerows(zip([checkpoint] * len(ids), ids, labels, p["pred"], p["score"]))
+            upload_artifact(artifact_store=store, file_path=path, study_or_trial=ot_trial, mimetype="text/csv")
 
     def fail_unfinished(self, reason):
         """After Tuner.fit returns (early on Ctrl-C), resolve this driver's trials that never

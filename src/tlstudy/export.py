@@ -2,14 +2,19 @@
 
 - trials.csv: one row per trial: number, state, value, parameters, final metrics;
 - epochs.csv: one row per trial and epoch (from the "history" user attribute);
-- best_config.json: the best trial's configuration and the command that re-runs it.
+- best_config.json: the best trial's configuration and the command that re-runs it;
+- predictions.csv: one row per COMPLETE trial x checkpoint x test image (from each
+  trial's predictions artifact);
+- splits.csv: every image's id, split and group (patient), written when the study runs.
 The report's tables are tlstudy.analysis's.
 """
 import json
 import shlex
+import tempfile
 from pathlib import Path
 
 import pandas as pd
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 
 from tlstudy.errors import UserError
@@ -20,10 +25,41 @@ def trials_frame(study, fixed=None):
     for t in study.get_trials(deepcopy=False):
         attrs = {k: v for k, v in t.user_attrs.items() if k != "history"}
         rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+                     "cell": attrs.pop("cell", None), "phase": attrs.pop("phase", None),
+                     "train_seed": attrs.pop("train_seed", None),
                      "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
-                     **(fixed or {}), **t.params, **attrs,
-                     "enqueued": "fixed_params" in t.system_attrs})
+                     **(fixed or {}), **t.params, **attrs})
     return pd.DataFrame(rows)
+
+
+PREDICTION_COLUMNS = ["number", "cell", "phase", "train_seed", "checkpoint", "image_id", "label", "pred", "score"]
+
+
+def predictions_frame(study, artifact_dir):
+    """Every COMPLETE trial's per-image test predictions, read from its CSV artifact."""
+    store = FileSystemArtifactStore(str(artifact_dir))
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            metas = [m for m in get_all_artifact_meta(t, storage=study._storage) if m.mimetype == "text/csv"]
+            if not metas:
+                continue
+            path = Path(tmp) / f"{t.number}.csv"
+            download_artifact(artifact_store=store, artifact_id=metas[-1].artifact_id, file_path=str(path))
+            p = pd.read_csv(path, dtype={"image_id": str})
+            frames.append(p.assign(number=t.number, cell=t.user_attrs.get("cell"), phase=t.user_attrs.get("phase"),
+                                   train_seed=t.user_attrs.get("train_seed")))
+    return pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS] if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
+
+
+def write_splits(splits, out_dir):
+    """splits.csv: each image's id, split, group (patient) and label, and how groups were found."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(splits.manifest()).assign(grouping=splits.group_note).to_csv(out / "splits.csv", index=False)
+    except OSError as e:
+        raise UserError(f"cannot write the split manifest to {out}: {e.strerror}") from None
 
 
 def epochs_frame(study):
@@ -44,7 +80,7 @@ def best_config(study, space, data_args):
     t = best_trial(study)
     if t is None:
         return None
-    config = {**study.user_attrs.get("base_config", {}), **t.params}
+    config = {**study.user_attrs.get("base_config", {}), **t.params, "train_seed": t.user_attrs.get("train_seed", 0)}
     flags = []
     for k, v in {**data_args, **config}.items():
         flags += [f"--{k.replace('_', '-')}", str(v)]
@@ -54,8 +90,8 @@ def best_config(study, space, data_args):
             "command": "python study/trial.py " + shlex.join(flags)}
 
 
-def write(study, space, out_dir, data_args):
-    """Write trials.csv, epochs.csv and best_config.json under out_dir; return their paths."""
+def write(study, space, out_dir, data_args, artifact_dir=None):
+    """Write trials.csv, epochs.csv, predictions.csv and best_config.json under out_dir; return their paths."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -63,6 +99,9 @@ def write(study, space, out_dir, data_args):
         paths = {"trials": out / "trials.csv", "epochs": out / "epochs.csv", "best_config": out / "best_config.json"}
         trials.to_csv(paths["trials"], index=False)
         epochs_frame(study).to_csv(paths["epochs"], index=False)
+        if artifact_dir is not None:
+            paths["predictions"] = out / "predictions.csv"
+            predictions_frame(study, artifact_dir).to_csv(paths["predictions"], index=False)
         best = best_config(study, space, data_args)
         paths["best_config"].write_text(json.dumps(best, indent=1, default=str) + "\n")
     except OSError as e:

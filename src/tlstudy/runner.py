@@ -2,15 +2,16 @@
 
 Orchestration lives here and only here:
 1. load the space and the data (once, in the driver; trials get it through Ray's
-   object store via tune.with_parameters);
-2. open the Optuna study in its storage (one study per space), fail the trials a
-   dead driver left RUNNING (heartbeats tell them from a live driver's), and enqueue each variant cell still lacking trials as a
-   partial trial, so that the sampler fills in the training hyperparameters;
-3. run that many trials (plus --extra-samples free ones) with a Tuner whose
-   searcher is Ray's OptunaSearch on that study and whose scheduler asks the
-   study's pruner after every epoch (tlstudy.bridge);
-   Cells whose trials failed run again, up to --max-retries times;
-4. export trials.csv, epochs.csv and best_config.json from the storage.
+   object store via tune.with_parameters), and write the split manifest;
+2. open the Optuna study in its storage (one study per space), refuse it when it was run
+   with other data or settings, and fail the trials a dead driver left RUNNING
+   (heartbeats tell them from a live driver's);
+3. run what the study's design still needs (tlstudy.design: per cell, `budget` search
+   trials, then `seeds` replicates of the best) with a Tuner whose searcher is Ray's
+   OptunaSearch on that study and whose scheduler asks the study's pruner after every
+   epoch (tlstudy.bridge). Trials that failed run again, up to --max-retries times;
+4. export trials.csv, epochs.csv, predictions.csv and best_config.json from the storage,
+   and write the analysis (REPORT.md).
 
 Rerunning the same command continues the study: finished trials are not run again.
 """
@@ -23,6 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+# Ctrl-C must reach the study as KeyboardInterrupt (then: exit 130 and our own resume line),
+# not Tune's handler, which ends fit() quietly and suggests Tuner.restore.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+# Tune's legacy console reporter: at verbose=0 it prints nothing, where the new one still
+# prints its configuration box and log paths; --verbose gives its tables back.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
 import optuna
 import ray
 import torch
@@ -33,36 +41,32 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from tlstudy import data as tldata
-from tlstudy import analysis, export, spaces
+from tlstudy import analysis, design, export, models, spaces
 from tlstudy.bridge import METRIC, OptunaPruningScheduler, OptunaPruningSearch
+from tlstudy.config import DEFAULTS, PROFILES, PRUNERS
 from tlstudy.errors import ArgumentParser, UserError
-from tlstudy.storage import default_url, enable_wal, open_storage
+from tlstudy.storage import default_url, display_url, enable_wal, open_storage
 from tlstudy.train import fit
 
-# quick: the default without a GPU, sized so taskE's 9 cells finish in about 5 minutes
-# on 2 CPU cores. full: the report's protocol. A space file may override either
-# (QUICK = dict(...)), and every key is also a command-line flag.
-PROFILES = {
-    "quick": dict(image_size=32, epochs=5, step_size=2, phantom_sizes=(400, 100, 200), max_train=400,
-                  weights_policy="auto"),
-    "full": dict(image_size=224, epochs=30, step_size=7, phantom_sizes=(5216, 522, 624), max_train=None,
-                 weights_policy="strict"),
-}
-PRUNERS = ("median", "percentile", "halving", "hyperband", "none")
-ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
+# What makes two trials comparable: a stored study run with other values is refused.
+PROFILE_KEYS = ("image_size", "epochs", "step_size", "phantom_sizes", "max_train", "weights_policy")
 
 
 def make_pruner(name, epochs, percentile=25.0):
-    # No pruning at epoch 1: the first val loss says little after a fresh head.
+    """The study's pruner, asked within a cell only (tlstudy.design.PerCellPruner)."""
+    # No pruning at epoch 1: the first val loss says little after a fresh head. Two finished
+    # trials of the cell first: the protocol trial and one more.
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
-    if name == "percentile":
-        return optuna.pruners.PercentilePruner(percentile, n_startup_trials=2, n_warmup_steps=2)
-    if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
-    return optuna.pruners.NopPruner()
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2)
+    elif name == "percentile":
+        pruner = optuna.pruners.PercentilePruner(percentile, n_startup_trials=1, n_warmup_steps=2)
+    elif name == "halving":
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    elif name == "hyperband":
+        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    else:
+        pruner = optuna.pruners.NopPruner()
+    return design.PerCellPruner(pruner)
 
 
 def trainable(config, data):
@@ -81,35 +85,59 @@ def settings(space, args):
     return s
 
 
-def base_config(space, s, seed):
+def base_config(space, s, args):
     """The trial settings every trial of the study shares."""
     return {"epochs": s["epochs"], "step_size": s["step_size"], "weights_policy": s["weights_policy"],
-            "seed": seed, **space.fixed}
+            "frozen_bn": getattr(args, "frozen_bn", None) or DEFAULTS["frozen_bn"], **space.fixed}
 
 
-def space_fingerprint(space, base):
+def comparability(space, s, base, info, data_seed):
+    """Everything that makes the study's trials comparable, as plain JSON: the space, the fixed
+    settings, the profile's data and epochs, and the data themselves."""
     dists = OptunaSearch.convert_search_space(space.param_space)
-    text = json.dumps({"params": {k: optuna.distributions.distribution_to_json(d) for k, d in dists.items()},
-                       "base": base, "cells": space.cells}, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+    out = {"space": {"params": {k: optuna.distributions.distribution_to_json(d) for k, d in dists.items()},
+                     "cells": space.cells},
+           "fixed": base, "profile": {k: s[k] for k in PROFILE_KEYS}, "data_seed": data_seed,
+           "data": {k: info[k] for k in ("data_source", "data_fingerprint", "image_size", "n_train", "n_val", "n_test")}}
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
-def open_study(space, args, base, storage):
+def _fingerprint(design_attrs):
+    return hashlib.sha1(json.dumps(design_attrs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _differences(old, new, prefix=""):
+    """'key: old -> new' for every leaf that differs between two comparability dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {json.dumps(a)[:60]} -> {json.dumps(b)[:60]}")
+    return out
+
+
+def open_study(space, args, storage, design_attrs):
+    """The study, created or reopened; refused (nothing written) when it was run with anything else."""
     name = args.study_name or space.name
-    sampler = optuna.samplers.TPESampler(seed=args.seed)
-    fingerprint = space_fingerprint(space, base)
+    fingerprint = _fingerprint(design_attrs)
     existing = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name in existing and args.new_study:
         optuna.delete_study(study_name=name, storage=storage)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize",
-                                load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=design.PerCellSampler(args.seed),
+                                direction="minimize", load_if_exists=True)
     stored = study.user_attrs.get("space_fingerprint")
     if stored and stored != fingerprint:
-        raise UserError(f"study {name!r} in {args.storage} was built from a different space or profile; "
+        diff = _differences(study.user_attrs.get("design", {}), design_attrs)
+        raise UserError(f"study {name!r} in {display_url(args.storage)} was run with a different space or settings"
+                        f"{' (' + '; '.join(diff[:4]) + ')' if diff else ''}; its trials would not be comparable: "
                         "pass --study-name NEW to keep both, or --new-study to replace it")
+    if not stored:
+        study.set_metric_names([METRIC])
     study.set_user_attr("space_fingerprint", fingerprint)
+    study.set_user_attr("design", design_attrs)
     study.set_user_attr("space", space.name)
-    study.set_user_attr("base_config", base)
     return study
 
 
@@ -141,23 +169,43 @@ def resolve_abandoned(study, storage):
     return failed
 
 
-def enqueue_cells(study, space, samples_per_cell):
-    """Enqueue each cell's fixed values until every cell has samples_per_cell live or finished trials."""
-    trials = study.get_trials(deepcopy=False, states=ACTIVE)
-    for cell in space.cells:
-        have = sum(all(t.params.get(k, t.system_attrs.get("fixed_params", {}).get(k)) == v for k, v in cell.items())
-                   for t in trials)
-        for _ in range(samples_per_cell - have):
-            study.enqueue_trial(cell, skip_if_exists=False)
+class Progress:
+    """One line per finished trial, in Optuna's numbering, with a running count and an ETA."""
+
+    def __init__(self, total, trials=()):
+        self.total, self.t0, self.counts, self.best = total, time.time(), {}, {}
+        for t in trials:  # the best so far includes the stored trials of a resumed study
+            cell = t.user_attrs.get("cell")
+            if t.state == TrialState.COMPLETE and (cell not in self.best or t.value < self.best[cell][0]):
+                self.best[cell] = (t.value, t.number)
+
+    def __call__(self, number, attrs, state, value, epochs, test_acc=None, reason=None):
+        self.counts[state] = self.counts.get(state, 0) + 1
+        done = sum(self.counts.values())
+        elapsed = time.time() - self.t0
+        eta = elapsed / done * (self.total - done) if done < self.total else 0
+        cell, phase = attrs.get("cell", "?"), attrs.get("phase", "?")
+        what = f"{phase} seed {attrs.get('train_seed')}" if phase == design.REPLICATE else phase
+        if state == "COMPLETE":
+            best = self.best.get(cell)
+            if best is None or value < best[0]:
+                self.best[cell] = best = (value, number)
+            result = (f"val_loss {value:.4f}, {epochs} epochs, test acc {test_acc:.1%}; "
+                      f"best in cell {best[0]:.4f} (#{best[1]})")
+        elif state == "PRUNED":
+            result = f"pruned after {epochs} epochs"
+        else:
+            result = f"after {epochs} epochs: {(reason or 'no reason').strip().splitlines()[-1][:100]}"
+        print(f"[{done}/{self.total} {_clock(elapsed)} ETA {_clock(eta)}] #{number} {cell} | {what} | "
+              f"{state} {result}", flush=True)
 
 
-def free_trials_done(study):
-    return sum("fixed_params" not in t.system_attrs
-               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+def _clock(seconds):
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 class EpochLines(tune.Callback):
-    """One line per trial per epoch, beside Ray's periodic progress table."""
+    """--verbose: one line per trial per epoch."""
 
     def on_trial_result(self, iteration, trials, trial, result):
         cfg = trial.config
@@ -172,9 +220,15 @@ def init_ray(args):
     address = args.address or os.environ.get("RAY_ADDRESS")
     # "local": without it, ray.init joins any Ray already running on this machine (another
     # user's, another study's) instead of starting this study's own.
-    kwargs = dict(address=address or "local", include_dashboard=False)
+    # Trials' own output (the weights-fallback warning of each, say) only with --verbose: the
+    # progress lines and the failures' reasons say what matters.
+    kwargs = dict(address=address or "local", include_dashboard=False, log_to_driver=bool(getattr(args, "verbose", 0)))
     if not address and args.num_cpus:
         kwargs["num_cpus"] = args.num_cpus
+    if not address:
+        # A local Ray: token authentication on, as Ray's default, but said once here rather
+        # than by Ray's warning at every start.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         ray.init(logging_level="WARNING", **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
@@ -203,19 +257,44 @@ def check_writable(folder):
         raise UserError(f"cannot write to results folder {folder}: {p} is not a writable folder")
 
 
-def run(args):
-    """Run (or continue) the study of args.space; return the study."""
+def show_config(args):
+    """--show-config: what this command would run, then exit."""
     space = spaces.load(args.space)
     if space.compare:
-        studies = [run(_with(args, space=name, study_name=None)) for name in space.compare]
+        print(f"space {space.name}: {space.description}\ncompares the studies {', '.join(space.compare)}")
+        return 0
+    s = settings(space, args)
+    base = base_config(space, s, args)
+    print(f"space {space.name} ({space.path}): {space.description}")
+    print(f"profile {args.profile}: " + ", ".join(f"{k}={s[k]}" for k in PROFILE_KEYS))
+    print(f"budget: {s['budget']} search trials per cell (the first runs the protocol), then {s['seeds']} "
+          f"replicates of each cell's best (training seeds 1..{s['seeds']}); pruner {args.pruner}, within a cell")
+    print(f"fixed: {json.dumps(base)}")
+    print(f"protocol: {json.dumps(design.PROTOCOL)}")
+    print("searched: " + ", ".join(f"{k}={v}" for k, v in space.param_space.items()))
+    print(f"cells ({len(space.cells)}):")
+    for cell in space.cells:
+        print(f"  {design.cell_label(cell)}")
+    print(f"data: {args.data} (data seed {args.seed}); storage: {display_url(args.storage or default_url(args.results))}")
+    return 0
+
+
+def run(args):
+    """Run (or continue) the study of args.space; return the exit code: 0 when every cell has
+    its replicates, 1 when a cell lacks them (0 with --allow-failures), 130 after Ctrl-C."""
+    space = spaces.load(args.space)
+    if space.compare:
+        codes = [run(_with(args, space=name, study_name=None)) for name in space.compare]
+        studies = [optuna.load_study(study_name=name, storage=open_storage(args.storage or default_url(args.results)))
+                   for name in space.compare]
         print(f"report: {analyze(studies, space, Path(args.results) / space.name)}")
-        return studies
+        return max(codes)
     s = settings(space, args)
     results = Path(args.results)
     out_dir = results / (args.study_name or space.name)
     check_writable(results)
     args.storage = args.storage or default_url(results)
-    base = base_config(space, s, args.seed)
+    base = base_config(space, s, args)
     storage = open_storage(args.storage, heartbeat=args.heartbeat)
     # The data before the study: a bad data set must not leave a half-made study behind.
     n, m, t = s["phantom_sizes"]
@@ -224,45 +303,78 @@ def run(args):
     if s["max_train"]:
         splits = tldata.subsample_train(splits, s["max_train"], args.seed)
     info = splits.info()
-    study = open_study(space, args, base, storage)
+    study = open_study(space, args, storage, comparability(space, s, base, info, args.seed))
     enable_wal(args.storage)
     study.set_user_attr("data", {k: v for k, v in info.items() if k != "classes"})
+    study.set_user_attr("base_config", base)
+    study.set_user_attr("budget", {"budget": s["budget"], "seeds": s["seeds"], "pruner": args.pruner})
     study.set_user_attr("command", args.command)
+    export.write_splits(splits, out_dir)
     print(f"space {space.name}: {space.description}")
-    print(f"profile {args.profile}: {s}")
     print(f"data: {info['data_source']}  train/val/test {info['n_train']}/{info['n_val']}/{info['n_test']} "
-          f"at {info['image_size']} px" + (f"\nnote: {splits.val_note}" if splits.val_note else ""))
+          f"at {info['image_size']} px; {splits.group_note}" + (f"\nnote: {splits.val_note}" if splits.val_note else ""))
     if splits.skipped:
         print(f"note: skipped {len(splits.skipped)} unreadable images (--skip-bad-images), e.g. {splits.skipped[0]}")
+    _say_weights(space, base)
+    print(f"study {study.study_name!r} in {display_url(args.storage)}; watch it live: "
+          f"optuna-dashboard {display_url(args.storage)} --artifact-dir {results / 'artifacts'}")
 
     abandoned = resolve_abandoned(study, storage)
     if abandoned:
         print(f"resume: {abandoned} trials left RUNNING by a driver that stopped were marked FAIL; their cells run again")
     first = len(study.trials)
     for attempt in range(args.max_retries + 1):
-        enqueue_cells(study, space, args.samples_per_cell)
-        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        extra = max(0, args.extra_samples - free_trials_done(study))
-        n_trials = waiting + extra
-        if attempt == 0:
-            print(f"study {study.study_name!r} in {args.storage}: {len(study.trials) - waiting} trials so far; "
-                  f"running {n_trials} ({waiting} cell trials, {extra} free)")
-        elif n_trials:
-            print(f"retry {attempt} of {args.max_retries}: running {n_trials} failed trials' cells again")
-        if not n_trials or not run_trials(study, space, splits, base, s, args, storage, results, n_trials):
+        n_trials = design.missing(study.get_trials(deepcopy=False), space.cells, s["budget"], s["seeds"])
+        if not n_trials:
             break
+        if attempt == 0:
+            print(f"{len(space.cells)} cells x ({s['budget']} search + {s['seeds']} replicates); "
+                  f"{first} trials stored, running {n_trials}")
+        else:
+            print(f"retry {attempt} of {args.max_retries}: running the {n_trials} trials still missing")
+        try:
+            run_trials(study, space, splits, base, s, args, storage, results, n_trials)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: finished trials are stored. Resume with the same command:\n  {args.command}",
+                  file=sys.stderr, flush=True)
+            return 130
     print_failures(study, first)
     report(study, space, out_dir, args, s)
-    return study
+    incomplete = design.incomplete_cells(study.get_trials(deepcopy=False), space.cells, s["seeds"])
+    if incomplete:
+        print(f"{'WARNING' if args.allow_failures else 'ERROR'}: {len(incomplete)} cells ended without "
+              f"{s['seeds']} COMPLETE replicates (see the failures above): {' | '.join(incomplete)}",
+              file=sys.stderr, flush=True)
+        return 0 if args.allow_failures else 1
+    return 0
+
+
+def _say_weights(space, base):
+    """One line up front when pretrained weights are missing here (each trial would warn on its own)."""
+    pairs = {(base.get("arch", a), base.get("weights", w)) for a, w in _choices(space, "arch", "weights")}
+    missing = sorted(f"{a} {w}" for a, w in pairs if w not in (None, "none")
+                     and not os.path.exists(models.weights_file(a, w)))
+    if missing:
+        print(f"weights: {', '.join(missing)} not in {torch.hub.get_dir()}/checkpoints: "
+              f"{'those trials will fail' if base['weights_policy'] == 'strict' else 'trained from a RANDOM init'}")
+
+
+def _choices(space, *keys):
+    """Every combination of the values `keys` take in the space's cells (or its fixed settings)."""
+    combos = {tuple(c.get(k, space.fixed.get(k, DEFAULTS[k])) for k in keys) for c in space.cells}
+    return sorted(combos, key=str)
 
 
 def run_trials(study, space, splits, base, s, args, storage, results, n_trials):
-    """Run n_trials trials of the study under Ray Tune; False when interrupted (Ctrl-C) before the end."""
+    """Run up to n_trials trials of the study's design under Ray Tune."""
     init_ray(args)
     searcher = OptunaPruningSearch(space=None, metric=METRIC, mode="min", storage=storage,
                                    study_name=study.study_name, sampler=study.sampler,
                                    pruner=make_pruner(args.pruner, s["epochs"]),
-                                   artifact_dir=artifact_dir(results))
+                                   artifact_dir=artifact_dir(results),
+                                   plan=(space.cells, s["budget"], s["seeds"]),
+                                   test_images=(splits.ids["test"], splits.y["test"].tolist()),
+                                   progress=Progress(n_trials, study.get_trials(deepcopy=False)))
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
     # With a searcher, Tune keeps one trial pending at a time unless concurrency is bounded:
     # the second slot's worker would start only once the first trial runs (12 s later here).
@@ -275,14 +387,14 @@ def run_trials(study, space, splits, base, s, args, storage, results, n_trials):
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str((results / "ray" / space.name).resolve()),
-                                  callbacks=[EpochLines()], verbose=1,
+                                  callbacks=[EpochLines()] if args.verbose else [],
+                                  verbose=1 if args.verbose else 0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     try:
         tuner.fit()
     finally:
-        unfinished = searcher.fail_unfinished("interrupted before its last epoch")
-    return not unfinished and searcher.started == n_trials
+        searcher.fail_unfinished("interrupted before its last epoch")
 
 
 def print_failures(study, first):
@@ -300,29 +412,21 @@ def print_failures(study, first):
 
 
 def report(study, space, out_dir, args, s):
-    data_args = {"data": args.data, "image_size": s["image_size"], "max_train": s["max_train"],
+    data_args = {"data": args.data, "image_size": s["image_size"], "max_train": s["max_train"], "data_seed": args.seed,
                  **({"phantom_sizes": ",".join(map(str, s["phantom_sizes"]))} if args.data == "phantom" else {})}
     data_args = {k: v for k, v in data_args.items() if v is not None}
     study.set_user_attr("data_args", data_args)
-    trials, paths = export.write(study, space, out_dir, data_args)
+    trials, paths = export.write(study, space, out_dir, data_args, artifact_dir(Path(args.results)))
     states = trials.state.value_counts().to_dict() if len(trials) else {}
     print(f"\n{study.study_name}: {len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in states.items()))
     fallback = int((trials.get("weights_source") == "random-fallback").sum()) if len(trials) else 0
     if fallback:
         print(f"WARNING: {fallback} trials trained from a RANDOM init: their pretrained weights were not in "
-              f"{torch.hub.get_dir()}/checkpoints (weights_source=random-fallback). V1/V2 comparisons are void.")
-    best = json.loads(paths["best_config"].read_text())
-    if best:
-        print(f"\nbest trial #{best['trial']}: val loss {best['best_val_loss']:.4f}, "
-              f"test acc {best['test_best_acc']:.2%}\n  {json.dumps(best['config'])}\n  re-run: {best['command']}")
-    for name, p in paths.items():
-        print(f"{name}: {p}")
+              f"{torch.hub.get_dir()}/checkpoints (weights_source=random-fallback). Transfer and V1/V2 claims are void.")
     if len(trials):
         print(f"report: {analyze([study], space, out_dir)}")
-    print(f"browse: optuna-dashboard {args.storage} --artifact-dir {Path(args.results) / 'artifacts'}"
-          f"   (or: python study/dashboard.py --space {space.name}"
-          f"{'' if args.results == 'results' else f' --results {args.results}'}"
-          f"{'' if args.storage == default_url(args.results) else f' --storage {args.storage}'})")
+    print("exports: " + ", ".join(str(p) for p in paths.values()))
+    print(f"browse: optuna-dashboard {display_url(args.storage)} --artifact-dir {Path(args.results) / 'artifacts'}")
 
 
 def analyze(studies, space, out_dir):
@@ -353,10 +457,16 @@ def build_parser():
     g.add_argument("--epochs", type=int)
     g.add_argument("--step-size", type=int, help="epochs between the step schedule's lr drops")
     g.add_argument("--weights-policy", choices=("strict", "auto"))
-    g.add_argument("--samples-per-cell", type=int, default=1)
-    g.add_argument("--extra-samples", type=int, default=0, help="freely sampled trials on top of the cells")
+    g.add_argument("--budget", type=int, help="search trials per cell (default: the profile's)")
+    g.add_argument("--seeds", type=int, help="replicates of each cell's best search config (default: the profile's)")
+    g.add_argument("--frozen-bn", choices=("eval", "train"))
+    g.add_argument("--allow-failures", action="store_true")
+    g.add_argument("--verbose", action="store_true")
+    g.add_argument("--show-config", action="store_true")
+    g.add_argument("--margin", type=float, default=0.02)
+    g.add_argument("--alpha", type=float, default=0.05)
     g.add_argument("--pruner", choices=PRUNERS, default="median")
-    g.add_argument("--seed", type=int, default=0, help="seeds the sampler, the data and every trial")
+    g.add_argument("--seed", type=int, default=0, help="seeds the data and the sampler")
     g.add_argument("--max-retries", type=_count, default=1, help="run the cells of failed trials again up to N times")
     g = p.add_argument_group("storage")
     g.add_argument("--results", default="results", help="exports go to RESULTS/<space>/, Ray's to RESULTS/ray/")
@@ -410,8 +520,9 @@ def main(argv=None):
     args.profile = args.profile or ("full" if gpu else "quick")
     if args.gpus_per_trial is None:
         args.gpus_per_trial = 1.0 if gpu else 0.0
-    run(args)
-    return 0
+    if args.show_config:
+        return show_config(args)
+    return run(args)
 
 
 def _has_gpu():

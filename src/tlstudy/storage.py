@@ -76,6 +76,17 @@ def _rdb_storage(sa_url, engine_kwargs, beats, tries=5):
             time.sleep(0.2 * (attempt + 1))
 
 
+def display_url(url):
+    """The storage URL as it may be printed, stored or written: without its password."""
+    if "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: nothing to hide
+        return url
+
+
 def storage_exists(url):
     """False only for a file storage (SQLite, journal) whose file is missing: reading must not create it."""
     if url.startswith("sqlite:///"):

@@ -88,7 +88,7 @@ def fit(config, data):
             summary.update(wall_s=time.perf_counter() - t_start, startup_s=startup_s, build_s=build_s,
                            feature_cache=feature_cache,
                            weights_source=weights_source, device=str(device), threads=torch.get_num_threads(), amp=amp,
-                           channels_last=channels_last, **data.info())
+                           channels_last=channels_last, **{**data.info(), "classes": ",".join(data.classes)})
             rec = {**rec, "summary": summary}
         yield rec
 
