@@ -21,15 +21,21 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 
-# The test acquisition (shifted=True), as ranges drawn per image. Tuned at 64 px, 600 train
-# images: a random-init ResNet-18 at 98 % on val scored 78-84 % on the shifted test split,
-# a 4-layer CNN at 97 % about 65 % (bright markers and dimmer lesions fool it more).
+# Consolidations, as ranges drawn per image: how many, their size (gaussian sigma in grid
+# units) and how much they brighten the lung.
+# The test acquisition (shifted=True), as ranges drawn per image.
+# Calibrated (bench/phantom_calibration.py, kernels held to AVX2) for the quick profile: 32 px,
+# 240 train images, 4 epochs, the protocol (SGD lr 1e-3, batch 16) from a random init: val
+# accuracy 96-99 %, test balanced accuracy 67-90 % over taskE's settings: a visible val-test
+# gap, not a collapse to the base rate (the previous, harsher shift made every such model call
+# nearly every test image PNEUMONIA).
+_LESION = {"count": (2, 6), "sigma": (0.12, 0.25), "strength": (0.7, 1.0)}
 _SHIFT = {
     "tilt_deg": (2.5, 6),  # rotation, either direction
-    "gamma": (0.7, 0.9), "gain": (0.95, 1.1), "offset": (0.0, 0.06),  # exposure
+    "gamma": (0.9, 1.0), "gain": (0.95, 1.05), "offset": (0.0, 0.02),  # exposure
     "blur": (0.008, 0.014),  # gaussian sigma as a fraction of the image size
     "noise": (0.03, 0.05),  # quantum noise, scaled by sqrt(signal)
-    "contrast": 0.6,  # consolidations' contrast relative to train/val
+    "contrast": 0.8,  # consolidations' contrast relative to train/val
     "marker": True,  # burned-in "R"/"L"
 }
 
@@ -113,14 +119,14 @@ def _render(rng, size, pneumonia, shifted):
 
     if pneumonia:
         cons = np.zeros_like(u)
-        for _ in range(rng.integers(1, 5)):
+        for _ in range(rng.integers(*_LESION["count"])):
             lx, ly, la, lb = sides[rng.integers(2)]
             r, th = np.sqrt(rng.uniform(0, 0.6)), rng.uniform(0, 2 * np.pi)
-            bx, by, sg = lx + r * la * np.cos(th), ly + r * lb * np.sin(th), rng.uniform(0.08, 0.2)
+            bx, by, sg = lx + r * la * np.cos(th), ly + r * lb * np.sin(th), rng.uniform(*_LESION["sigma"])
             env = np.exp(-((u - bx) ** 2 + (v - by) ** 2) / (2 * sg * sg))
             patch = np.clip(0.7 + 0.5 * _waves(rng, geo, 6, 12, 30), 0, 1)
             cons = np.maximum(cons, rng.uniform(0.6, 1) * env * patch)
-        img += rng.uniform(0.28, 0.45) * (_SHIFT["contrast"] if shifted else 1) * cons * lungs
+        img += rng.uniform(*_LESION["strength"]) * (_SHIFT["contrast"] if shifted else 1) * cons * lungs
 
     if not shifted:
         img = img + rng.uniform(0.012, 0.03) * rng.standard_normal(img.shape, np.float32)

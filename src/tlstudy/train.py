@@ -212,6 +212,8 @@ def native_bf16(device):
     resnet18 training 15-30x SLOWER (emulated), while AVX512-BF16/AMX CPUs and CUDA gain."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        return False  # kernels held to AVX2 (ATEN_CPU_CAPABILITY=avx2) emulate bf16 too
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
