@@ -18,7 +18,9 @@ Rerunning the same command continues the study: finished trials are not run agai
 import argparse
 import hashlib
 import json
+import logging
 import os
+import warnings
 import shlex
 import sys
 import time
@@ -134,7 +136,9 @@ def open_study(space, args, storage, design_attrs):
                         f"{' (' + '; '.join(diff[:4]) + ')' if diff else ''}; its trials would not be comparable: "
                         "pass --study-name NEW to keep both, or --new-study to replace it")
     if not stored:
-        study.set_metric_names([METRIC])
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2; optuna-dashboard reads it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC])
     study.set_user_attr("space_fingerprint", fingerprint)
     study.set_user_attr("design", design_attrs)
     study.set_user_attr("space", space.name)
@@ -225,10 +229,10 @@ def init_ray(args):
     kwargs = dict(address=address or "local", include_dashboard=False, log_to_driver=bool(getattr(args, "verbose", 0)))
     if not address and args.num_cpus:
         kwargs["num_cpus"] = args.num_cpus
-    if not address:
-        # A local Ray: token authentication on, as Ray's default, but said once here rather
-        # than by Ray's warning at every start.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Ray's default for a local cluster (token authentication on) is fine on loopback; its
+    # warning about it at every start is not news to the user.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        lambda record: "Token authentication is enabled" not in record.getMessage())
     try:
         ray.init(logging_level="WARNING", **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
