@@ -18,7 +18,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on l
 
 from ray import tune  # noqa: E402
 
-from tlstudy import runner  # noqa: E402
+from tlstudy import cli, runner  # noqa: E402
 
 PHASES = {}
 
@@ -42,7 +42,7 @@ def main():
                              (runner.export, "write", "export_s"), (runner.analysis, "analyze", "analysis_s")]:
         timed(owner, name, key)
     t0 = time.perf_counter()
-    runner.main(["--space", "taskE", "--results", str(results), "--num-cpus", "2", *sys.argv[2:]])
+    cli.main(["run", "--space", "taskE", "--results", str(results), "--num-cpus", "2", *sys.argv[2:]])
     wall = time.perf_counter() - t0
     spans = []
     for f in glob.glob(str(results / "ray" / "taskE" / "*" / "*" / "result.json")):

@@ -189,11 +189,11 @@ def study_overhead(tmp):
     """A quick taskE study: its wall time against the sum of its trials' wall times."""
     import ray
 
-    from tlstudy import runner
+    from tlstudy import cli
     results = Path(tmp) / "study"
     t0 = time.perf_counter()
     try:
-        runner.main(["--space", "taskE", "--results", str(results), "--num-cpus", "2"])
+        cli.main(["run", "--space", "taskE", "--results", str(results), "--num-cpus", "2"])
     finally:
         wall = time.perf_counter() - t0
         ray.shutdown()

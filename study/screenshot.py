@@ -1,7 +1,7 @@
 """Screenshot optuna-dashboard's page for a study with headless Chromium:
     python study/screenshot.py --space taskE --out docs/dashboard.png
 
-Starts study/dashboard.py on a free loopback port over the study's storage, has
+Starts `tlstudy dashboard` on a free loopback port over the study's storage, has
 Chromium render the study's page (Debian: apt-get install chromium), saves it as a
 palette PNG, and stops the dashboard. For the README; not part of the tests.
 """
@@ -21,7 +21,6 @@ from PIL import Image
 
 from tlstudy.errors import ArgumentParser, UserError, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port():
@@ -44,7 +43,7 @@ def wait_for_api(port, proc, timeout=60):
 def main(argv=None):
     p = ArgumentParser(prog="study/screenshot.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--space", required=True, help="the study to show (its name, as in study/run.py)")
+    p.add_argument("--space", required=True, help="the study to show (its name, as in tlstudy run)")
     p.add_argument("--results", default="results")
     p.add_argument("--storage", help="default sqlite:///RESULTS/optuna.db")
     p.add_argument("--page", choices=("study", "trials"), default="study",
@@ -55,14 +54,14 @@ def main(argv=None):
     p.add_argument("--wait-ms", type=int, default=15000, help="virtual time Chromium gives the page to render")
     args = p.parse_args(argv)
     port = free_port()
-    cmd = [sys.executable, str(ROOT / "study" / "dashboard.py"), "--space", args.space, "--results", args.results,
+    cmd = [sys.executable, "-m", "tlstudy", "dashboard", "--space", args.space, "--results", args.results,
            "--port", str(port)] + (["--storage", args.storage] if args.storage else [])
     dash = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = dash.stdout.readline()
         if "open http" not in line:
             dash.wait(timeout=30)
-            raise UserError(dash.stderr.read().strip().removeprefix("error: ") or "study/dashboard.py failed")
+            raise UserError(dash.stderr.read().strip().removeprefix("error: ") or "tlstudy dashboard failed")
         wait_for_api(port, dash)
         url = line.split("open ", 1)[1].strip() + ("/trials" if args.page == "trials" else "")
         with tempfile.TemporaryDirectory() as tmp:

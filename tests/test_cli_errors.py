@@ -1,7 +1,9 @@
-"""User mistakes end study/run.py, study/trial.py and study/analyze.py with one line on stderr and exit 2,
-and leave stored studies, exports and caches as they were."""
+"""User mistakes end `tlstudy run`, `trial`, `analyze`, `dashboard` and `submit` with one line on
+stderr and exit status 2, and leave stored studies, exports and caches as they were.
+
+The cases call tlstudy.cli.main in this process (its heavy imports load once, not once per case);
+one case per script in study/ runs it as a real subprocess, end to end."""
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,18 +12,22 @@ import numpy as np
 import optuna
 import pytest
 
+from tlstudy import cli
+
 ROOT = Path(__file__).parents[1]
 
 
-def run(*args, cwd=None):
-    return subprocess.run([sys.executable, str(ROOT / "study" / "run.py"), *args], capture_output=True, text=True,
-                          timeout=180, cwd=cwd)
+def one_line_error(code, err, needle):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
 
 
-def one_line_error(r, needle):
-    assert r.returncode == 2, r.stderr
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+def cli_error(capfd, argv, needle):
+    """cli.main(argv) in this process: exit status 2 and one line on stderr holding needle."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    one_line_error(e.value.code, capfd.readouterr().err, needle)
 
 
 @pytest.fixture
@@ -47,11 +53,14 @@ def digest(path):
     (["--space", "taskE", "--data", "/no/such/folder"], "does not exist"),
     (["--space", "taskE", "--storage", "postgresql://tl:tl@127.0.0.1:1/tl"], "cannot open storage"),
     (["--space", "taskE", "--storage", "nosuchdb://x"], "cannot open storage"),
+    (["--space", "taskE", "--storage", "{file}/sub/journal.log"], "cannot create the folder for storage"),
     (["--space", "taskE", "--results", "{file}/sub"], "results folder"),
     (["--space", "taskE"], "different space"),
     (["--space", "taskE", "--phantom-sizes", "1,2"], "three positive integers"),
+    (["--space", "taskE", "--epochs", "0"], "--epochs: '0' is not a whole number >= 1"),
+    (["--space", "taskE", "--samples-per-cell", "2"], "unrecognized arguments: --samples-per-cell"),
 ])
-def test_bad_input(tmp_path, stored, args, needle):
+def test_bad_input(tmp_path, stored, capfd, args, needle):
     (tmp_path / "syntax.py").write_text("PARAM_SPACE = {\n")
     (tmp_path / "empty.py").write_text('"""nothing here"""\n')
     (tmp_path / "file").write_text("a file, not a folder")
@@ -59,15 +68,9 @@ def test_bad_input(tmp_path, stored, args, needle):
     if "--results" not in args:
         args += ["--results", str(stored)]
     before = digest(stored / "optuna.db")
-    one_line_error(run(*args), needle)
+    cli_error(capfd, ["run", *args], needle)
     assert digest(stored / "optuna.db") == before
     assert [p.name for p in stored.iterdir()] == ["optuna.db"]
-
-
-def test_new_study_name_keeps_the_other(stored):
-    # --study-name sidesteps the clash; a refused run must not have touched the stored one.
-    study = optuna.load_study(study_name="taskE", storage=f"sqlite:///{stored / 'optuna.db'}")
-    assert study.user_attrs["space_fingerprint"] == "something-else" and len(study.trials) == 1
 
 
 # Bad data and trial settings, through study/trial.py. Each case builds its input in `tmp` and
@@ -160,32 +163,71 @@ def kept(tmp_path, stored):
 
 
 @pytest.mark.parametrize("case", list(TRIAL_CASES))
-def test_bad_trial_input(tmp_path, kept, case):
+def test_bad_trial_input(tmp_path, kept, capfd, monkeypatch, case):
     make, needle = TRIAL_CASES[case]
     (tmp_path / "in").mkdir()
     args = [str(a) for a in make(tmp_path / "in")]
     args = ([] if "--image-size" in args else ["--image-size", "16"]) + args + ["--json", str(kept / "taskE" / "t.json")]
     # No network: on a machine with one, the strict case would otherwise download the weights.
-    env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    r = subprocess.run([sys.executable, str(ROOT / "study" / "trial.py"), *args], capture_output=True, text=True,
-                       timeout=180, env=env)
-    one_line_error(r, needle)
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    cli_error(capfd, ["trial", "--profile", "quick", *args], needle)
 
 
-def test_skip_bad_images_skips_counts_and_reports(tmp_path):
+def test_skip_bad_images_skips_counts_and_reports(tmp_path, capsys):
     root, bad = _corrupt(tmp_path)
-    r = subprocess.run([sys.executable, str(ROOT / "study" / "trial.py"), "--data", str(root), *FAST_TRIAL,
-                        "--skip-bad-images"], capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr
-    assert f"skipped 1 unreadable images, e.g. {bad}" in r.stdout
+    assert cli.main(["trial", "--data", str(root), *FAST_TRIAL, "--skip-bad-images"]) == 0
+    assert f"skipped 1 unreadable images, e.g. {bad}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, needle", [
     (["--space", "taskZ"], "unknown space 'taskZ'"),
     (["--space", "taskE", "--storage", "postgresql://tl:tl@127.0.0.1:1/tl"], "cannot open storage"),
+    (["--space", "taskE", "--storage", "{results}/missing.log"], "no study storage at"),
     (["--space", "taskC"], "no study 'taskC'"),
 ])
-def test_bad_analyze_input(kept, args, needle):
-    r = subprocess.run([sys.executable, str(ROOT / "study" / "analyze.py"), *args, "--results", str(kept)],
-                       capture_output=True, text=True, timeout=180)
-    one_line_error(r, needle)
+def test_bad_analyze_input(kept, capfd, args, needle):
+    args = [a.format(results=kept) for a in args]
+    cli_error(capfd, ["analyze", *args, "--results", str(kept)], needle)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--storage", "{results}/missing.log"], "no study storage at"),  # refused, not created empty
+    (["--storage", "sqlite:///{results}/missing.db"], "no study storage at"),
+    (["--space", "taskC"], "holds no study 'taskC'"),
+])
+def test_bad_dashboard_input(kept, capfd, args, needle):
+    args = [a.format(results=kept) for a in args]
+    cli_error(capfd, ["dashboard", *args, "--results", str(kept)], needle)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--space", "taskE"], "--cluster-address is required"),
+    (["--cluster-address", "http://127.0.0.1:1", "--space", "taskZ"], "unknown space 'taskZ'"),
+    (["--cluster-address", "http://127.0.0.1:1", "--space", "taskE", "--epochs", "x"], "--epochs: 'x' is not"),
+    (["--cluster-address", "http://127.0.0.1:1", "--space", "taskE", "--storage", "postgresql://u:pw@db/x"],
+     "holds a password"),
+])
+def test_bad_submit_input(kept, capfd, monkeypatch, tmp_path, args, needle):
+    for variable in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(kept)
+    cli_error(capfd, ["submit", *args, "--results", str(kept)], needle)
+
+
+# End to end: each script in study/ as a real process, on the fast path (no torch, no Ray).
+SCRIPT_CASES = {
+    "run.py": (["--space", "taskZ", "--results", "{results}"], "unknown space 'taskZ'"),
+    "trial.py": (["--data", "{results}/no/such/folder", "--json", "{results}/taskE/t.json"], "does not exist"),
+    "analyze.py": (["--space", "taskE", "--storage", "{results}/missing.log"], "no study storage at"),
+    "dashboard.py": (["--storage", "{results}/missing.log"], "no study storage at"),
+    "submit.py": (["--cluster-address", "http://127.0.0.1:1", "--space", "taskZ"], "unknown space 'taskZ'"),
+}
+
+
+@pytest.mark.parametrize("script", list(SCRIPT_CASES))
+def test_each_script_fails_with_one_line_and_exit_2(kept, script):
+    args, needle = SCRIPT_CASES[script]
+    r = subprocess.run([sys.executable, str(ROOT / "study" / script), *[a.format(results=kept) for a in args]],
+                       capture_output=True, text=True, timeout=120, cwd=kept)
+    one_line_error(r.returncode, r.stderr, needle)

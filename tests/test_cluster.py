@@ -1,4 +1,5 @@
-"""study/submit.py on a real two-node Ray cluster on 127.0.0.1, through Ray's job system."""
+"""`tlstudy submit` (study/submit.py) on a real two-node Ray cluster on 127.0.0.1, through Ray's job
+system; and Ray's own `ray job submit --working-dir . -- tlstudy run ...` on the same cluster."""
 import filecmp
 import json
 import shutil
@@ -77,7 +78,7 @@ def test_submit_runs_the_study_on_both_nodes(tmp_path):
         r = subprocess.run([sys.executable, str(ROOT / "study" / "submit.py"), "--cluster-address",
                             f"http://127.0.0.1:{port}", "--fetch-to", str(local), "--space", "taskE",
                             "--results", str(on_cluster), *TINY, "--cpus-per-trial", "1", "--max-concurrent", "2",
-                            "--seed", "3"],
+                            "--seed", "3", "--verbose"],
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "SUCCEEDED" in r.stdout and "epoch 2/2" in r.stdout  # the job's log streamed here
@@ -98,6 +99,19 @@ def test_submit_runs_the_study_on_both_nodes(tmp_path):
         assert len(pd.read_csv(local / "taskE" / "epochs.csv")) == 9 * 2
         assert json.loads((local / "taskE" / "best_config.json").read_text())["trial"] == study.best_trial.number
         assert not (local / "optuna.db").exists()  # the study stays in the cluster's storage
+        # The learning curves came back too: the storage's artifact entries point at them.
+        shipped = sorted(p.name for p in (on_cluster / "artifacts").iterdir())
+        assert shipped and sorted(p.name for p in (local / "artifacts").iterdir()) == shipped
+
+        # Ray's own command, as the README gives it (about 12 s): this checkout as the working_dir
+        # (.rayignore keeps results/, environments and git out), tlstudy run on the cluster, here
+        # as `python -m tlstudy` with this interpreter, which the cluster's nodes run too.
+        r = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address",
+                            f"http://127.0.0.1:{port}", "--working-dir", ".", "--", sys.executable, "-m", "tlstudy",
+                            "run", "--space", "taskE", "--show-config"],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert r.returncode == 0 and "succeeded" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "taskE" in r.stdout
     finally:
         survivors = shut_down(cluster)
         internal_kv.global_gcs_client, internal_kv._initialized = saved_kv

@@ -1,4 +1,4 @@
-"""study/dashboard.py serves the real optuna-dashboard on loopback over a study's storage."""
+"""tlstudy dashboard (study/dashboard.py) serves the real optuna-dashboard on loopback over a study's storage."""
 import json
 import os
 import signal
@@ -113,5 +113,5 @@ def test_dashboard_serves_the_study(finished):
 def test_dashboard_without_a_study_is_a_one_line_error(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "study" / "dashboard.py"), "--results", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "run python study/run.py" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "run tlstudy run" in r.stderr
     assert list(tmp_path.iterdir()) == []  # nothing created

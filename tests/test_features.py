@@ -69,7 +69,7 @@ def test_feature_cache_is_shared_by_trials_and_keyed_by_what_makes_the_features(
     assert len(before) == 3  # train, val, test
 
     # Another trial of the study (other seed and training settings): the same files, not rewritten.
-    other = fit({**pretrained, "seed": 1, "optimizer": "adam", "lr": 1e-3}, splits)[1]
+    other = fit({**pretrained, "train_seed": 1, "optimizer": "adam", "lr": 1e-3}, splits)[1]
     assert other["feature_cache"] == "hit" and entries() == before
 
     # A train subset keeps the data's fingerprint but not its pixels: only train is new.
@@ -83,9 +83,9 @@ def test_feature_cache_is_shared_by_trials_and_keyed_by_what_makes_the_features(
 
     # A random backbone depends on the trial's seed: one seed's features never serve another.
     random = dict(mode="frozen", weights="none")
-    assert fit({**random, "seed": 0}, splits)[1]["feature_cache"] == "built"
-    assert fit({**random, "seed": 1}, splits)[1]["feature_cache"] == "built"
-    assert fit({**random, "seed": 1}, splits)[1]["feature_cache"] == "hit"
+    assert fit({**random, "train_seed": 0}, splits)[1]["feature_cache"] == "built"
+    assert fit({**random, "train_seed": 1}, splits)[1]["feature_cache"] == "built"
+    assert fit({**random, "train_seed": 1}, splits)[1]["feature_cache"] == "hit"
     assert len(entries()) == 12
 
     # Random augmentation changes the images every epoch: no cache, and nothing written.

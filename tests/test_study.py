@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from tlstudy import runner, spaces
+from tlstudy import cli, runner, spaces
 from tlstudy.errors import UserError
 
 ROOT = Path(__file__).parents[1]
@@ -27,8 +27,9 @@ def load(results, name):
 @pytest.fixture(scope="module")
 def taske(tmp_path_factory, ray_local):
     results = tmp_path_factory.mktemp("taskE")
-    runner.main(["--space", "taskE", "--results", str(results), *TINY, "--pruner", "percentile",
-                 "--extra-samples", "3", "--seed", "1"])
+    # --budget 2: two search trials per cell; --seeds 0: no replicates of the cells' best.
+    cli.main(["run", "--space", "taskE", "--results", str(results), *TINY, "--pruner", "percentile",
+              "--budget", "2", "--seeds", "0", "--seed", "1"])
     return results
 
 
@@ -38,7 +39,7 @@ def test_every_cell_covered_and_trials_pruned(taske):
     done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     for cell in space.cells:
         assert any(all(t.params[k] == v for k, v in cell.items()) for t in done), cell
-    assert len(done) == 9 + 3
+    assert len(done) == 9 * 2
     pruned = [t for t in done if t.state == TrialState.PRUNED]
     assert pruned, "the percentile pruner pruned nothing"
     for t in done:
@@ -89,7 +90,7 @@ def test_exports_agree_with_storage(taske):
         assert mine.val_loss.tolist() == pytest.approx([t.intermediate_values[e] for e in mine.epoch])
     best = json.loads((taske / "taskE" / "best_config.json").read_text())
     assert best["trial"] == study.best_trial.number and best["config"]["lr"] == study.best_trial.params["lr"]
-    assert best["command"].startswith("python study/trial.py ")
+    assert best["command"].startswith("tlstudy trial ")
 
 
 def test_run_ends_with_the_analysis(taske):
@@ -100,7 +101,7 @@ def test_run_ends_with_the_analysis(taske):
     assert best.best_val_loss == pytest.approx(study.best_value)
     report = (taske / "taskE" / "REPORT.md").read_text()
     assert "## Table 8, rebuilt" in report and "## Table 9, rebuilt" in report
-    assert "python study/run.py --space taskE" in report
+    assert "tlstudy run --space taskE" in report
 
 
 def wait_for(results, name, predicate, timeout=240):
@@ -120,7 +121,7 @@ def wait_for(results, name, predicate, timeout=240):
 def test_best_config_command_reproduces_the_trial(taske):
     best = json.loads((taske / "taskE" / "best_config.json").read_text())
     out = taske / "rerun.json"
-    cmd = best["command"].replace("python study/trial.py", f"{sys.executable} {ROOT / 'study' / 'trial.py'}", 1)
+    cmd = best["command"].replace("tlstudy trial", f"{sys.executable} -m tlstudy trial", 1)
     # One thread, as the 1-CPU Ray trial had: the same config must give the same numbers.
     r = subprocess.run(cmd + f" --json {out}", shell=True, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -144,7 +145,7 @@ def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path, ray_local):
     space_file = tmp_path / "small.py"
     space_file.write_text(SMALL_SPACE)
     results = tmp_path / "results"
-    args = ["--space", str(space_file), "--results", str(results), *TINY, "--extra-samples", "4",
+    args = ["--space", str(space_file), "--results", str(results), *TINY, "--budget", "3", "--seeds", "0",
             "--pruner", "none"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "study" / "run.py"), *args, "--num-cpus", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -161,12 +162,12 @@ def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path, ray_local):
     # The interrupted driver resolved its own unfinished trials.
     assert not [t for t in first.values() if t.state == TrialState.RUNNING]
 
-    runner.main(args)
+    cli.main(["run", *args])
     after = load(results, "small").trials
     for n in finished:  # finished trials are kept as they were
         assert after[n].state == TrialState.COMPLETE and after[n].value == first[n].value
     done = [t for t in after if t.state == TrialState.COMPLETE]
-    assert len(done) == 2 + 4  # the two cells and the four free samples, each run once
+    assert len(done) == 2 * 3  # the two cells' three search trials, each run once
     assert {t.params["out_features"] for t in done} == {2, 3}
 
 

@@ -94,7 +94,7 @@ def test_trial_cli_writes_json(tmp_path):
     (["--weights-policy", "strict"], "resnet18-f37072fd.pth"),
     (["--train-repeat", "1,3,3"], "repeat"),
     (["--arch", "nosuchnet"], "unknown architecture"),
-    (["--epochs", "x"], "invalid int"),
+    (["--epochs", "x"], "--epochs: 'x' is not a whole number"),
 ])
 def test_trial_cli_bad_input_is_one_line_exit_2(args, message):
     r = subprocess.run([sys.executable, str(ROOT / "study" / "trial.py"), "--image-size", "32", *args],

@@ -22,10 +22,10 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from tlstudy import export, plots, spaces
+from tlstudy import export, plots, resources, spaces
 from tlstudy.errors import UserError
 
-REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference" / "homework4.csv"
+REFERENCE = resources.reference_dir() / "homework4.csv"
 REPORT_TASKS = ("taskA", "taskB", "taskC", "taskE")
 CELL_KEYS = ("task", "arch", "weights", "mode", "out_features", "train_repeat", "eval_repeat")
 COLUMNS = ("Final Train Loss", "Best Train acc", "Final Val Loss", "Best Val acc", "Best Val Loss (epoch)",

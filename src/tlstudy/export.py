@@ -2,7 +2,7 @@
 
 - trials.csv: one row per trial: number, state, value, parameters, final metrics;
 - epochs.csv: one row per trial and epoch (from the "history" user attribute);
-- best_config.json: the best trial's configuration and the command that re-runs it;
+- best_config.json: the best trial's configuration and the `tlstudy trial` command that re-runs it;
 - predictions.csv: one row per COMPLETE trial x checkpoint x test image (from each
   trial's predictions artifact);
 - splits.csv: every image's id, split and group (patient), written when the study runs.
@@ -17,6 +17,7 @@ import pandas as pd
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 
+from tlstudy.config import DEFAULTS
 from tlstudy.errors import UserError
 
 
@@ -75,19 +76,53 @@ def best_trial(study):
     return min(done, key=lambda t: t.value) if done else None
 
 
+# The data settings best_config's command carries, as `tlstudy trial` flags; data_args may hold them.
+DATA_FLAGS = ("profile", "data", "image_size", "phantom_sizes", "max_train", "min_val", "skip_bad_images", "data_seed")
+
+
+def trial_command(config, data_args):
+    """The `tlstudy trial` command that reruns `config` on the data of `data_args`, every setting
+    spelled out (the defaults may change; the command must not), quoted for a POSIX shell."""
+    flags = []
+    for k, v in {**{k: data_args[k] for k in DATA_FLAGS if k in data_args}, **config}.items():
+        if v is None:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if k in ("amp", "channels_last") and isinstance(v, bool):
+            v = "on" if v else "off"
+        if isinstance(v, bool) and k in DEFAULTS:  # --augment / --no-augment
+            flags.append(flag if v else "--no-" + flag[2:])
+        elif isinstance(v, bool):  # a switch: --skip-bad-images
+            flags += [flag] if v else []
+        elif isinstance(v, (list, tuple)):
+            flags += [flag, ",".join(map(str, v))]
+        else:
+            flags += [flag, str(v)]
+    return "tlstudy trial " + shlex.join(flags)
+
+
 def best_config(study, space, data_args):
-    """The best trial's full trial configuration and the study/trial.py command that re-runs it."""
+    """The best trial's full trial configuration and the `tlstudy trial` command that re-runs it.
+    data_args: the study's data settings (DATA_FLAGS: data, image_size, phantom_sizes, max_train,
+    data_seed, profile, ...); the trial settings are the study's base_config with the trial's params."""
     t = best_trial(study)
     if t is None:
         return None
-    config = {**study.user_attrs.get("base_config", {}), **t.params, "train_seed": t.user_attrs.get("train_seed", 0)}
-    flags = []
-    for k, v in {**data_args, **config}.items():
-        flags += [f"--{k.replace('_', '-')}", str(v)]
+    config = {**study.user_attrs.get("base_config", {}), **t.params}
+    if "train_seed" in t.user_attrs:  # a replicate's seed, or a search trial's 0
+        config["train_seed"] = t.user_attrs["train_seed"]
+    data_args = dict(data_args)
+    legacy_seed = config.pop("seed", None)  # studies from before train_seed: one seed for data and training
+    if legacy_seed is not None:
+        config.setdefault("train_seed", legacy_seed)
+        data_args.setdefault("data_seed", legacy_seed)
+    if data_args.get("max_train") is None:
+        data_args["max_train"] = 0  # every image, whatever the trial's profile would take
+    config = {k: v for k, v in config.items() if k in DEFAULTS}
     return {"space": space.name, "study": study.study_name, "trial": t.number, "best_val_loss": t.value,
             "config": config, "data": data_args,
             "test_best_acc": t.user_attrs.get("test_best_acc"),
-            "command": "python study/trial.py " + shlex.join(flags)}
+            "command": trial_command(config, data_args)}
 
 
 def write(study, space, out_dir, data_args, artifact_dir=None):

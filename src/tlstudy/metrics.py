@@ -26,7 +26,7 @@ def test_metrics(logits, target, num_classes):
     recall = recall_score(y, pred, labels=list(range(num_classes)), average=None, zero_division=0)
     # Scores for AUC: probabilities over the real classes only, renormalised.
     prob = torch.softmax(logits[:, :num_classes], 1).numpy()
-    if len(np.unique(y)) < 2:
+    if len(np.unique(y)) < 2 or not np.isfinite(prob).all():  # one class, or a diverged model's logits
         auc = float("nan")
     elif num_classes == 2:
         auc = roc_auc_score(y, prob[:, 1])

@@ -20,10 +20,9 @@ import hashlib
 import json
 import logging
 import os
-import warnings
-import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # Ctrl-C must reach the study as KeyboardInterrupt (then: exit 130 and our own resume line),
@@ -46,7 +45,7 @@ from tlstudy import data as tldata
 from tlstudy import analysis, design, export, models, spaces
 from tlstudy.bridge import METRIC, OptunaPruningScheduler, OptunaPruningSearch
 from tlstudy.config import DEFAULTS, PROFILES, PRUNERS
-from tlstudy.errors import ArgumentParser, UserError
+from tlstudy.errors import UserError
 from tlstudy.storage import default_url, display_url, enable_wal, open_storage
 from tlstudy.train import fit
 
@@ -443,91 +442,3 @@ def analyze(studies, space, out_dir):
 
 def _with(args, **changes):
     return argparse.Namespace(**{**vars(args), **changes})
-
-
-def build_parser():
-    p = ArgumentParser(prog="study/run.py", description="Run (or continue) a tlstudy search study with Ray Tune + Optuna.")
-    p.add_argument("--space", help="a name in search_spaces/ (taskA..taskE) or a path to a space file")
-    p.add_argument("--list-spaces", action="store_true", help="list the spaces with a line each, and exit")
-    p.add_argument("--profile", choices=tuple(PROFILES), default=None,
-                   help="quick (default without a GPU) or full (the report's protocol; default with a GPU)")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default="phantom", help="phantom, a chest_xray folder, a .npz file or a .npy folder")
-    g.add_argument("--image-size", type=int)
-    g.add_argument("--max-train", type=int, help="a stratified subset of train of this size")
-    g.add_argument("--phantom-sizes", type=_sizes, help="train,val,test sizes of the phantom data")
-    g.add_argument("--skip-bad-images", action="store_true")
-    g = p.add_argument_group("trials")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--step-size", type=int, help="epochs between the step schedule's lr drops")
-    g.add_argument("--weights-policy", choices=("strict", "auto"))
-    g.add_argument("--budget", type=int, help="search trials per cell (default: the profile's)")
-    g.add_argument("--seeds", type=int, help="replicates of each cell's best search config (default: the profile's)")
-    g.add_argument("--frozen-bn", choices=("eval", "train"))
-    g.add_argument("--allow-failures", action="store_true")
-    g.add_argument("--verbose", action="store_true")
-    g.add_argument("--show-config", action="store_true")
-    g.add_argument("--margin", type=float, default=0.02)
-    g.add_argument("--alpha", type=float, default=0.05)
-    g.add_argument("--pruner", choices=PRUNERS, default="median")
-    g.add_argument("--seed", type=int, default=0, help="seeds the data and the sampler")
-    g.add_argument("--max-retries", type=_count, default=1, help="run the cells of failed trials again up to N times")
-    g = p.add_argument_group("storage")
-    g.add_argument("--results", default="results", help="exports go to RESULTS/<space>/, Ray's to RESULTS/ray/")
-    g.add_argument("--storage", help="SQLAlchemy URL or journal file (default sqlite:///RESULTS/optuna.db)")
-    g.add_argument("--study-name", help="default: the space's name")
-    g.add_argument("--new-study", action="store_true", help="delete a stored study of the same name first")
-    g.add_argument("--heartbeat", type=_count, default=10,
-                   help="seconds between the heartbeats of running trials (SQL storages); a trial unbeaten for "
-                        "3 heartbeats belongs to a dead driver and is failed by the next one; 0: none, every "
-                        "RUNNING trial counts as abandoned (one driver at a time)")
-    g = p.add_argument_group("resources")
-    g.add_argument("--address", help="join this Ray cluster (or set RAY_ADDRESS)")
-    g.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
-    g.add_argument("--cpus-per-trial", type=float, default=1)
-    g.add_argument("--gpus-per-trial", type=float, default=None, help="e.g. 0.25 packs four trials on a GPU")
-    g.add_argument("--max-concurrent", type=int, default=None,
-                   help="trials at once (default: as many as Ray's resources fit when the study starts)")
-    return p
-
-
-def _count(text):
-    try:
-        n = int(text)
-        assert n >= 0
-        return n
-    except (ValueError, AssertionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0") from None
-
-
-def _sizes(text):
-    try:
-        sizes = tuple(int(v) for v in text.split(","))
-        assert len(sizes) == 3 and min(sizes) > 0
-        return sizes
-    except (ValueError, AssertionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not three positive integers train,val,test") from None
-
-
-def main(argv=None):
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.command = "python study/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if args.list_spaces:
-        for name, desc in spaces.available():
-            print(f"{name:10} {desc}")
-        return 0
-    if not args.space:
-        parser.error("--space is required (see --list-spaces)")
-    gpu = _has_gpu()
-    args.profile = args.profile or ("full" if gpu else "quick")
-    if args.gpus_per_trial is None:
-        args.gpus_per_trial = 1.0 if gpu else 0.0
-    if args.show_config:
-        return show_config(args)
-    return run(args)
-
-
-def _has_gpu():
-    return torch.cuda.is_available()

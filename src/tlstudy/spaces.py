@@ -2,34 +2,36 @@
 
 A space file defines
 - PARAM_SPACE: a Ray Tune param space (tune.choice, tune.loguniform, ...) over the
-  trial settings of tlstudy.train.DEFAULTS;
+  trial settings of tlstudy.config.DEFAULTS;
 - FIXED: the task's fixed trial settings;
 - CELLS: the variant cells that every study must cover, each a dict of values of
   PARAM_SPACE's categorical parameters (the report's table rows);
-- optionally QUICK / FULL: overrides of the run profiles (tlstudy.runner.PROFILES);
+- optionally QUICK / FULL: overrides of the run profiles (tlstudy.config.PROFILES);
 - or, instead of all that, COMPARE = ("taskB", "taskC"): a space that runs no trials
   of its own and compares other studies (task D).
 Its docstring's first line is its one-line description. `--space NAME` looks for
-search_spaces/NAME.py (in the working directory, then in the project); `--space
-path/to/file.py` loads any file.
+NAME.py in ./search_spaces/ (the working directory's), then among the spaces the package
+ships (tlstudy.resources); `--space path/to/file.py` loads any file.
+
+Finding, listing and describing spaces is light (no Ray, no torch: the command line
+checks --space before its heavy imports); only `load`, which executes the file, and
+`training_space` import Ray.
 """
+import ast
 import importlib.util
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ray import tune
-from ray.tune.search.sample import Categorical, Domain
-
-from tlstudy import models
-from tlstudy.errors import UserError
+from tlstudy import resources
 from tlstudy.config import DEFAULTS
-
-PROJECT_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+from tlstudy.errors import UserError
 
 
 def training_space():
     """The training hyperparameters every task searches, with the reasons for their ranges."""
+    from ray import tune
+
     return {
         # The PyTorch transfer-learning tutorial uses SGD lr 1e-3, Adam's default is 1e-3;
         # a decade either side covers fine-tuning (low) and fresh heads or scratch training (high).
@@ -68,6 +70,20 @@ class Space:
         return list(dict.fromkeys(k for c in self.cells for k in c))
 
 
+def folders():
+    """Where --space NAME looks, the first folder holding NAME.py wins."""
+    return [Path.cwd() / "search_spaces", resources.spaces_dir()]
+
+
+def _files():
+    """{name: path} of every space file --space NAME can reach."""
+    found = {}
+    for folder in reversed(folders()):  # the working directory's spaces shadow the shipped ones
+        for f in sorted(folder.glob("[!_]*.py")) if folder.is_dir() else []:
+            found[f.stem] = f
+    return dict(sorted(found.items()))
+
+
 def find(name):
     """The file behind --space NAME or --space path/to/file.py."""
     p = Path(name)
@@ -75,23 +91,35 @@ def find(name):
         if not p.is_file():
             raise UserError(f"space file {name} does not exist")
         return p
-    for folder in (Path.cwd() / "search_spaces", PROJECT_SPACES):
+    for folder in folders():
         if (folder / f"{name}.py").is_file():
             return folder / f"{name}.py"
-    raise UserError(f"unknown space {name!r}; known: {', '.join(n for n, _ in available()) or 'none'} "
+    raise UserError(f"unknown space {name!r}; known: {', '.join(_files()) or 'none'} "
                     "(or give a path to a .py file)")
 
 
+def describe(path):
+    """A space file's one-line description (its docstring's first line), read without running it;
+    a UserError for a file that is not valid Python."""
+    path = Path(path)
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as e:
+        raise UserError(f"space file {path} has a syntax error at line {e.lineno}: {e.msg}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"space file {path} cannot be read: {e}") from None
+    return ((ast.get_docstring(tree) or "").strip().splitlines() or [""])[0]
+
+
 def available():
-    """(name, description) of every space in search_spaces/."""
-    found = {}
-    for folder in (PROJECT_SPACES, Path.cwd() / "search_spaces"):
-        for f in sorted(folder.glob("[!_]*.py")) if folder.is_dir() else []:
-            try:
-                found[f.stem] = load(f).description
-            except UserError as e:
-                found[f.stem] = f"(broken: {e})"
-    return sorted(found.items())
+    """(name, description) of every space --space NAME can reach; no space file is executed."""
+    found = []
+    for name, path in _files().items():
+        try:
+            found.append((name, describe(path)))
+        except UserError as e:
+            found.append((name, f"(broken: {e})"))
+    return found
 
 
 def load(name):
@@ -119,6 +147,10 @@ def load(name):
 def validate(space):
     """Catch a broken space before any trial runs: unknown settings, cells the space cannot
     produce, and architecture/weights pairs torchvision lacks (no resnet18 with V2)."""
+    from ray.tune.search.sample import Categorical, Domain
+
+    from tlstudy import models
+
     where = f"space {space.name} ({space.path})"
     unknown = sorted((set(space.param_space) | set(space.fixed)) - set(DEFAULTS))
     if unknown:

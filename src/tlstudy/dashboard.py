@@ -1,0 +1,31 @@
+"""optuna-dashboard on a study's storage: `tlstudy dashboard` (and study/dashboard.py).
+
+Serves the storage and the learning-curve artifacts the study uploaded (RESULTS/artifacts/)
+on 127.0.0.1 unless told otherwise, and prints the address of the study's page. The
+arguments are parsed and checked in tlstudy.cli (a missing file storage is refused there,
+before anything could create it).
+"""
+from pathlib import Path
+
+import optuna
+import optuna_dashboard
+from optuna.artifacts import FileSystemArtifactStore
+
+from tlstudy.errors import UserError
+from tlstudy.storage import display_url, open_storage
+
+
+def serve(url, args):
+    """Serve `url` until interrupted; args: space, study_name, results, host, port."""
+    storage = open_storage(url)
+    names = {s.study_name: s._study_id for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    name = args.study_name or (Path(args.space).stem if args.space else None)
+    if name and name not in names:
+        raise UserError(f"storage {display_url(url)} holds no study {name!r}; it holds {sorted(names) or 'none'}")
+    address = f"http://{args.host}:{args.port}/dashboard/"
+    print(f"optuna-dashboard on {display_url(url)}: open {address + (f'studies/{names[name]}' if name else '')}",
+          flush=True)
+    artifacts = Path(args.results) / "artifacts"
+    store = FileSystemArtifactStore(str(artifacts)) if artifacts.is_dir() else None
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=store)
+    return 0
