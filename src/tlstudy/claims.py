@@ -186,16 +186,18 @@ def evaluate(claims, trials, predictions, studies, throughput=None, margin=0.02,
     for c in claims.to_dict("records"):
         cells = {"a": parse_cell(c["cell_a"]), "b": parse_cell(c["cell_b"])}
         base = dict(claim=c["claim"], cells=f"{c['study_a']}: {c['cell_a']} vs {c['study_b']}: {c['cell_b']}",
-                    metric=c["metric"],
-                    estimate=np.nan, low=np.nan, high=np.nan, p=np.nan, margin=np.nan,
-                    **{k: c.get(k, "") for k in ("group", "direction", "about", "report_a", "report_b",
-                                                       "sentence_zh", "gloss_en")})
-        if c["metric"] == "s_per_step":
+                    metric=c["metric"], estimate=np.nan, low=np.nan, high=np.nan, p=np.nan, margin=np.nan,
+                    **{k: c.get(k, "") for k in EXTRA if k in claims})
+        if c["metric"] == "s_per_step" and c["direction"] == "equivalent":
+            base.update(_void(["an equivalence claim on s_per_step has no margin in seconds: not judged"]))
+        elif c["metric"] == "s_per_step":
             base.update(_throughput_row(c, cells, throughput, studies, alpha))
         else:
             base.update(_accuracy_row(c, cells, trials, preds, studies, margin, alpha, checkpoint))
         rows.append(base)
     out = pd.DataFrame(rows)
+    if out.empty:
+        return pd.DataFrame(columns=COLUMNS + EXTRA)
     out["p_holm"] = inference.holm(out.p.where(~out.void.astype(bool)))
     out["verdict"] = [_verdict(r, alpha) for r in out.to_dict("records")]
     out["reason"] = [_why(r, alpha) for r in out.to_dict("records")]

@@ -169,7 +169,7 @@ def _percentile(draws, level):
 def cell_interval(preds, metric="acc", level=0.95, n_boot=N_BOOT, seed=0, method="t"):
     """(estimate, low, high) of one cell's metric over its replicates (seeds) and test images.
     method="t": the crossed-variance t interval (see the module docstring); "percentile": the
-    naive two-level percentile bootstrap, too narrow with 3-5 seeds."""
+    naive two-level percentile bootstrap, miscalibrated with 3-5 seeds (see the module docstring)."""
     c, label, _ = correct_matrix(preds)
     u = image_weights(label, metric)
     if method == "percentile":
