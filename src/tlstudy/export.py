@@ -33,7 +33,7 @@ def trials_frame(study, fixed=None):
     return pd.DataFrame(rows)
 
 
-PREDICTION_COLUMNS = ["number", "cell", "phase", "train_seed", "checkpoint", "image_id", "label", "pred", "score"]
+PREDICTION_COLUMNS = ["study", "number", "cell", "phase", "train_seed", "checkpoint", "image_id", "label", "pred", "score"]
 
 
 def predictions_frame(study, artifact_dir):
@@ -48,7 +48,7 @@ def predictions_frame(study, artifact_dir):
             path = Path(tmp) / f"{t.number}.csv"
             download_artifact(artifact_store=store, artifact_id=metas[-1].artifact_id, file_path=str(path))
             p = pd.read_csv(path, dtype={"image_id": str})
-            frames.append(p.assign(number=t.number, cell=t.user_attrs.get("cell"), phase=t.user_attrs.get("phase"),
+            frames.append(p.assign(study=study.study_name, number=t.number, cell=t.user_attrs.get("cell"), phase=t.user_attrs.get("phase"),
                                    train_seed=t.user_attrs.get("train_seed")))
     return pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS] if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
 
