@@ -59,8 +59,9 @@ def claim_inputs(storage, current, artifact_dir):
             trials.append(per_trial.assign(study=task))
         if p is not None and len(p):
             preds.append(p.assign(study=task))
-    frame = lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame()  # noqa: E731
-    return frame(trials), frame(preds), meta, pd.DataFrame(speed) if speed else None
+    frame = lambda fs, cols: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame(columns=cols)  # noqa: E731
+    return (frame(trials, ["study", "number", "state", "phase", "train_seed", "weights_source"]),
+            frame(preds, export.PREDICTION_COLUMNS), meta, pd.DataFrame(speed) if speed else None)
 
 
 def importances(study):

@@ -36,6 +36,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -67,6 +68,7 @@ class OptunaPruningSearch(OptunaSearch):
         self._pruned = set()
         self._errors = {}
         self._driver = f"{socket.gethostname()}:{os.getpid()}"
+        self._started = time.time() - 1  # Optuna's trial start times are whole-second precise at worst
         self._beating = None  # the heartbeat thread's stop event, once started
         super().__init__(*args, **kwargs)
 
@@ -213,6 +215,21 @@ class OptunaPruningSearch(OptunaSearch):
         for trial_id in unfinished:
             self._errors[trial_id] = reason
             self.on_trial_complete(trial_id, error=True)
+        # Ctrl-C between Optuna's ask and OptunaSearch recording the trial leaves a RUNNING trial
+        # this searcher never saw: ours too, when no other driver has claimed it.
+        mine = {t.number for t in self._ot_trials.values()}
+        storage, name = self._ot_study._storage, self._ot_study.study_name
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number not in mine and t.user_attrs.get("driver") in (None, self._driver) \
+                    and t.datetime_start and t.datetime_start.timestamp() >= self._started:
+                trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name),
+                                                                           t.number)
+                try:
+                    storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+                    self._ot_study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                    unfinished.append(t.number)
+                except UpdateFinishedTrialError:
+                    pass
         if self._beating is not None:
             self._beating.set()
         return len(unfinished)
