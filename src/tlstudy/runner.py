@@ -9,7 +9,7 @@ Orchestration lives here and only here:
 3. run what the study's design still needs (tlstudy.design: per cell, `budget` search
    trials, then `seeds` replicates of the best) with a Tuner whose searcher is Ray's
    OptunaSearch on that study and whose scheduler asks the study's pruner after every
-   epoch (tlstudy.bridge). Trials that failed run again, up to --max-retries times;
+   epoch (tlstudy.tune_optuna). Trials that failed run again, up to --max-retries times;
 4. export trials.csv, epochs.csv, predictions.csv and best_config.json from the storage,
    and write the analysis (REPORT.md).
 
@@ -43,7 +43,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tlstudy import data as tldata
 from tlstudy import analysis, design, export, models, spaces
-from tlstudy.bridge import METRIC, OptunaPruningScheduler, OptunaPruningSearch
+from tlstudy.tune_optuna import METRIC, OptunaPruningScheduler, OptunaPruningSearch
 from tlstudy.config import DEFAULTS, PROFILES, PRUNERS
 from tlstudy.errors import UserError
 from tlstudy.storage import default_url, display_url, enable_wal, open_storage

@@ -9,7 +9,7 @@ lowest val loss (test_best_*) AND of the final epoch (test_final_*).
 The data stay uint8 tensors (on the GPU when there is one); each batch is picked
 by indexing, then expanded and normalised as a whole (`tlstudy.transforms`). A frozen
 backbone without augmentation runs once per split instead of once per epoch: the head
-trains on its cached output (`tlstudy.features`), with the same batches in the same order.
+trains on its cached output (`tlstudy.feature_cache`), with the same batches in the same order.
 """
 import contextlib
 import copy
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlstudy import features, metrics, models
+from tlstudy import feature_cache, metrics, models
 from tlstudy.config import CHOICES, DEFAULTS
 from tlstudy.errors import UserError
 from tlstudy.transforms import augment, parse_repeat, to_input
@@ -48,18 +48,18 @@ def fit(config, data):
     optimizer = make_optimizer(cfg, params)
     scheduler = make_scheduler(cfg, optimizer)
     run = dict(device=device, amp=amp, fmt=fmt, mode=cfg["mode"], frozen_bn=cfg["frozen_bn"],
-               features=features.applies(cfg))
+               features=feature_cache.applies(cfg))
     y = {s: t.to(device, non_blocking=True) for s, t in data.y.items()}
     if run["features"]:
         repeats = {"train": train_repeat, "val": eval_repeat, "test": eval_repeat}
-        x, hits = features.for_splits(model, data.x, repeats, cfg, weights_source, run)
+        x, hits = feature_cache.for_splits(model, data.x, repeats, cfg, weights_source, run)
         net = models.find_head(model)[1]  # trains in place: `model` ends with the trained head
-        feature_cache = {0: "built", len(x): "hit"}.get(hits, "partial")
+        cache_use = {0: "built", len(x): "hit"}.get(hits, "partial")
     elif device.type == "cuda":  # the whole uint8 dataset fits on any GPU (Kermany at 224 px is 300 MB)
         x = {s: t.pin_memory().to(device, non_blocking=True) for s, t in data.x.items()}
-        net, feature_cache = model, "off"
+        net, cache_use = model, "off"
     else:
-        x, net, feature_cache = data.x, model, "off"
+        x, net, cache_use = data.x, model, "off"
     gen = torch.Generator().manual_seed(cfg["train_seed"])
 
     # The checkpoints a trial is tested at: lowest val loss (the study's choice), highest val
@@ -86,7 +86,7 @@ def fit(config, data):
         if epoch == cfg["epochs"]:
             summary = summarize(net, x, y, data, best, history, eval_repeat, run)
             summary.update(wall_s=time.perf_counter() - t_start, startup_s=startup_s, build_s=build_s,
-                           feature_cache=feature_cache,
+                           feature_cache=cache_use,
                            weights_source=weights_source, device=str(device), threads=torch.get_num_threads(), amp=amp,
                            channels_last=channels_last, **{**data.info(), "classes": ",".join(data.classes)})
             rec = {**rec, "summary": summary}

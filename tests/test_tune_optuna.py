@@ -1,4 +1,4 @@
-"""Pins the Ray Tune internals tlstudy.bridge relies on, so that a Ray upgrade that breaks
+"""Pins the Ray Tune internals tlstudy.tune_optuna relies on, so that a Ray upgrade that breaks
 them fails here, loudly, rather than silently recording pruned trials as COMPLETE."""
 import inspect
 
@@ -9,7 +9,7 @@ from ray.tune.execution.tune_controller import TuneController
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tlstudy.bridge import OptunaPruningScheduler, OptunaPruningSearch
+from tlstudy.tune_optuna import OptunaPruningScheduler, OptunaPruningSearch
 
 
 class FakeTrial:

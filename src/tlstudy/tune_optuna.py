@@ -27,7 +27,7 @@ searcher.on_trial_result on STOP. So:
   (tlstudy.runner.resolve_abandoned) while leaving those of a live driver alone.
 
 The Ray internals this relies on (`OptunaSearch._setup_study`, `_ot_study`,
-`_ot_trials`, the call order) are pinned by tests/test_bridge.py.
+`_ot_trials`, the call order) are pinned by tests/test_tune_optuna.py.
 """
 import csv
 import json
