@@ -61,6 +61,6 @@ def test_test_metrics_against_hand_computed_values():
     assert not math.isnan(m["auc"])
 
 
-def test_accuracy_counts():
+def test_correct_count_is_the_number_of_right_argmax_predictions():
     out = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
-    assert metrics.accuracy(out, torch.tensor([0, 1, 1])).item() == 2
+    assert metrics.correct_count(out, torch.tensor([0, 1, 1])).item() == 2
