@@ -113,9 +113,9 @@ def test_test_shift_is_measurable():
     assert (_corner_bright_pixels(x) < 5).all()
     # Other exposure and gamma: brighter overall (about 9 grey levels at the calibrated shift).
     assert xs.mean() - x.mean() > 5
-    # Lower-contrast consolidations (0.8 of the train contrast).
+    # Lower-contrast consolidations (0.9 of the train contrast).
     d, ds = _lung_minus_abdomen(x), _lung_minus_abdomen(xs)
-    assert ds[ys == 1].mean() - ds[ys == 0].mean() < 0.9 * (d[y == 1].mean() - d[y == 0].mean())
+    assert ds[ys == 1].mean() - ds[ys == 0].mean() < 0.95 * (d[y == 1].mean() - d[y == 0].mean())
 
 
 def test_test_shift_blurs():

@@ -13,14 +13,12 @@ gets a verdict (see `evaluate`): supported, contradicted, inconclusive, or void 
 Holm's correction runs over all non-void comparisons of one evaluation, the family a report
 draws its conclusions from.
 """
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from tlstudy import inference
+from tlstudy import inference, resources
 
-CLAIMS = Path(__file__).resolve().parents[2] / "results" / "reference" / "claims.csv"
+CLAIMS = resources.reference_dir() / "claims.csv"
 COLUMNS = ["claim", "cells", "metric", "estimate", "low", "high", "p", "p_holm", "margin", "verdict", "reason"]
 EXTRA = ["group", "direction", "about", "n_a", "n_b", "mean_a", "mean_b", "tost_low", "tost_high",
          "report_a", "report_b", "sentence_zh", "gloss_en"]

@@ -12,7 +12,6 @@ mistake (a wrong flag, an unknown space, a missing path) answer at once. Each co
 imports what it runs only once its arguments have been checked.
 """
 import argparse
-import inspect
 import os
 import shlex
 import sys
@@ -433,11 +432,8 @@ def analyze(args, parser, argv):
         raise UserError(f"no study {', '.join(map(repr, missing))} in {display_url(url)} "
                         f"(it has: {', '.join(sorted(stored)) or 'none'}); run tlstudy run --space {space.name} first")
     studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
-    # TODO(integrator): analysis.analyze takes margin= and alpha= once the statistics land; pass them
-    # unconditionally then and drop this check.
-    takes = inspect.signature(analysis.analyze).parameters
-    extra = {k: getattr(args, k) for k in ("margin", "alpha") if k in takes}
-    paths = analysis.analyze(studies, space, f"{args.results}/{args.study_name or space.name}", **extra)
+    paths = analysis.analyze(studies, space, f"{args.results}/{args.study_name or space.name}",
+                             margin=args.margin, alpha=args.alpha)
     print(paths.pop("table"))
     print(f"report: {paths['report']}")
     return 0

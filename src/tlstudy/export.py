@@ -33,7 +33,7 @@ def trials_frame(study, fixed=None):
     return pd.DataFrame(rows)
 
 
-PREDICTION_COLUMNS = ["number", "cell", "phase", "train_seed", *artifacts.PREDICTION_FIELDS]
+PREDICTION_COLUMNS = ["study", "number", "cell", "phase", "train_seed", *artifacts.PREDICTION_FIELDS]
 
 
 def predictions_frame(study, artifact_dir):
@@ -42,8 +42,8 @@ def predictions_frame(study, artifact_dir):
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         p = artifacts.read_predictions(study, t, artifact_dir)
         if p is not None:
-            frames.append(p.assign(number=t.number, cell=t.user_attrs.get("cell"), phase=t.user_attrs.get("phase"),
-                                   train_seed=t.user_attrs.get("train_seed")))
+            frames.append(p.assign(study=study.study_name, number=t.number, cell=t.user_attrs.get("cell"),
+                                   phase=t.user_attrs.get("phase"), train_seed=t.user_attrs.get("train_seed")))
     return pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS] if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
 
 

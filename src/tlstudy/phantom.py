@@ -26,16 +26,17 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 # The test acquisition (shifted=True), as ranges drawn per image.
 # Calibrated (bench/phantom_calibration.py, kernels held to AVX2) for the quick profile: 32 px,
 # 240 train images, 4 epochs, the protocol (SGD lr 1e-3, batch 16) from a random init: val
-# accuracy 96-99 %, test balanced accuracy 67-90 % over taskE's settings: a visible val-test
-# gap, not a collapse to the base rate (the previous, harsher shift made every such model call
-# nearly every test image PNEUMONIA).
+# accuracy 96-100 %, test balanced accuracy 76-93 % over taskE's settings (the lowest: tiling
+# the training input only, which the burned-in markers fool most): a visible val-test gap, not
+# a collapse to the base rate (the previous, harsher shift made every such model call nearly
+# every test image PNEUMONIA).
 _LESION = {"count": (2, 6), "sigma": (0.12, 0.25), "strength": (0.7, 1.0)}
 _SHIFT = {
     "tilt_deg": (2.5, 6),  # rotation, either direction
-    "gamma": (0.9, 1.0), "gain": (0.95, 1.05), "offset": (0.0, 0.02),  # exposure
+    "gamma": (0.92, 1.0), "gain": (0.95, 1.05), "offset": (0.0, 0.02),  # exposure
     "blur": (0.008, 0.014),  # gaussian sigma as a fraction of the image size
     "noise": (0.03, 0.05),  # quantum noise, scaled by sqrt(signal)
-    "contrast": 0.8,  # consolidations' contrast relative to train/val
+    "contrast": 0.9,  # consolidations' contrast relative to train/val
     "marker": True,  # burned-in "R"/"L"
 }
 

@@ -53,14 +53,15 @@ def learning_curves(per_trial, epochs, axes, path):
 
 
 def test_accuracy(rows, path):
-    """Each cell's test accuracy (best-val checkpoint of its best trial) with its 95 % interval."""
+    """Each cell's test accuracy over its replicates (best-val checkpoint) with its 95 % interval."""
     r = rows.dropna(subset=["test_acc"]) if "test_acc" in rows else rows.iloc[0:0]
     fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(r), 2) + 1.2), dpi=90)
     y = range(len(r))
-    ax.errorbar(r.test_acc, y, xerr=[r.test_acc - r.test_ci_low, r.test_ci_high - r.test_acc], fmt="o", capsize=3)
+    ax.errorbar(r.test_acc, y, xerr=[(r.test_acc - r.test_low).clip(lower=0), (r.test_high - r.test_acc).clip(lower=0)],
+                fmt="o", capsize=3)
     ax.set_yticks(list(y), list(r.cell), fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("test accuracy (95 % bootstrap interval)")
+    ax.set_xlabel("test accuracy over the replicates (95 % interval over seeds and test images)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -78,6 +79,23 @@ def val_vs_test(per_trial, path):
     ax.set_xlabel("val accuracy (best-val checkpoint)")
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def expected_best(work, path):
+    """Each cell's expected best val loss after k search trials (tlstudy.tables.show_your_work)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=90)
+    ks = [c for c in work.columns if c.startswith("k=")]
+    for i, r in enumerate(work.to_dict("records")):
+        ax.plot([int(k[2:]) for k in ks], [r[k] for k in ks], "o-", color=f"C{i % 10}", label=r["cell"])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("search trials k")
+    ax.set_ylabel("expected best val loss")
+    ax.set_yscale("log")
+    if len(work):
+        ax.legend(fontsize=5)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

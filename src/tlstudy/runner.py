@@ -50,6 +50,9 @@ from tlstudy.study_store import PROFILE_KEYS, comparability, open_study
 from tlstudy.train import fit
 from tlstudy.tune_optuna import OptunaPruningScheduler, OptunaPruningSearch
 
+# The speed measurement of spaces whose cells differ in architecture (measure_speed).
+THROUGHPUT_STEPS, THROUGHPUT_RUNS = 5, 5
+
 
 def make_pruner(name, epochs, percentile=25.0):
     """The study's pruner, asked within a cell only (tlstudy.design.PerCellPruner)."""
@@ -164,7 +167,7 @@ def run(args):
         codes = [run(_with(args, space=name, study_name=None)) for name in space.compare]
         studies = [optuna.load_study(study_name=name, storage=open_storage(args.storage or default_url(args.results)))
                    for name in space.compare]
-        print(f"report: {analyze(studies, space, Path(args.results) / space.name)}")
+        print(f"report: {analyze(studies, space, Path(args.results) / space.name, args)}")
         return max(codes)
     s = settings(space, args)
     results = Path(args.results)
@@ -216,6 +219,7 @@ def run(args):
                   file=sys.stderr, flush=True)
             return 130
     print_failures(study, first)
+    measure_speed(study, space, base, s)
     report(study, space, out_dir, args, s)
     incomplete = design.incomplete_cells(study.get_trials(deepcopy=False), space.cells, s["seeds"])
     if incomplete:
@@ -224,6 +228,19 @@ def run(args):
               file=sys.stderr, flush=True)
         return 0 if args.allow_failures else 1
     return 0
+
+
+def measure_speed(study, space, base, s):
+    """Time each architecture of a space whose cells differ in it (tlstudy.throughput), once per
+    study: claim 1 compares architectures' training speed on this, not on trials' epoch times."""
+    archs = sorted({a for (a,) in _choices(space, "arch")})
+    if len(archs) < 2 or base.get("mode") == "frozen" or study.user_attrs.get("throughput"):
+        return
+    from tlstudy import throughput
+    print(f"timing {', '.join(archs)}: {THROUGHPUT_STEPS} training steps x {THROUGHPUT_RUNS} runs each, "
+          f"batch 16, {s['image_size']} px, one thread", flush=True)
+    study.set_user_attr("throughput", throughput.measure(archs, s["image_size"], steps=THROUGHPUT_STEPS,
+                                                         runs=THROUGHPUT_RUNS))
 
 
 def _say_weights(space, base):
@@ -315,14 +332,14 @@ def report(study, space, out_dir, args, s):
         print(f"WARNING: {fallback} trials trained from a RANDOM init: their pretrained weights were not in "
               f"{torch.hub.get_dir()}/checkpoints (weights_source=random-fallback). Transfer and V1/V2 claims are void.")
     if len(trials):
-        print(f"report: {analyze([study], space, out_dir)}")
+        print(f"report: {analyze([study], space, out_dir, args)}")
     print("exports: " + ", ".join(str(p) for p in paths.values()))
     print(f"browse: optuna-dashboard {display_url(args.storage)} --artifact-dir {Path(args.results) / 'artifacts'}")
 
 
-def analyze(studies, space, out_dir):
+def analyze(studies, space, out_dir, args):
     """The report's tables, claims and plots (tlstudy.analysis); prints the cell table, returns REPORT.md's path."""
-    paths = analysis.analyze(studies, space, out_dir)
+    paths = analysis.analyze(studies, space, out_dir, margin=args.margin, alpha=args.alpha)
     print(f"\n{space.name}: each cell's best trial (test accuracy at its best-val checkpoint)")
     print(paths["table"])
     return paths["report"]
