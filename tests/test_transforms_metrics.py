@@ -20,12 +20,12 @@ def test_repeat_shapes_and_normalisation(repeat, shape):
 
 
 @pytest.mark.parametrize("text, factors", [("1,3,3,1", (1, 3, 3, 1)), ("1 3 1 1", (1, 3, 1, 1)), ([1, 3, 1, 2], (1, 3, 1, 2))])
-def test_parse_repeat(text, factors):
+def test_parse_repeat_takes_text_spaces_or_a_list(text, factors):
     assert parse_repeat(text) == factors
 
 
 @pytest.mark.parametrize("bad", ["1,3,3", "1,3,x,1", "2,3,1,1", "1,1,1,1", "1,3,0,1", None])
-def test_malformed_repeat(bad):
+def test_malformed_repeat_is_a_user_error(bad):
     with pytest.raises(UserError, match="repeat"):
         parse_repeat(bad)
 

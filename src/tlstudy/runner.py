@@ -18,7 +18,6 @@ Rerunning the same command continues the study: finished trials are not run agai
 """
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -40,35 +39,19 @@ from ray import tune
 
 from tlstudy import data as tldata
 from tlstudy import analysis, design, export, models, spaces
-from tlstudy.config import DEFAULTS, PROFILES, PRUNERS
+from tlstudy.config import DEFAULTS, PROFILES
 from tlstudy.errors import UserError
 from tlstudy.heartbeats import resolve_abandoned
 from tlstudy.progress import EpochLines, Progress
+from tlstudy.ray_cluster import init_ray, slots
 from tlstudy.result_keys import FAIL_REASON, METRIC, NODE_ID
 from tlstudy.storage import default_url, display_url, enable_wal, open_storage
 from tlstudy.study_store import PROFILE_KEYS, comparability, open_study
 from tlstudy.train import fit
-from tlstudy.tune_optuna import OptunaPruningScheduler, OptunaPruningSearch
+from tlstudy.tune_optuna import OptunaPruningScheduler, OptunaPruningSearch, make_pruner
 
 # The speed measurement of spaces whose cells differ in architecture (measure_speed).
 THROUGHPUT_STEPS, THROUGHPUT_RUNS = 5, 5
-
-
-def make_pruner(name, epochs, percentile=25.0):
-    """The study's pruner, asked within a cell only (tlstudy.design.PerCellPruner)."""
-    # No pruning at epoch 1: the first val loss says little after a fresh head. Two finished
-    # trials of the cell first: the protocol trial and one more.
-    if name == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2)
-    elif name == "percentile":
-        pruner = optuna.pruners.PercentilePruner(percentile, n_startup_trials=1, n_warmup_steps=2)
-    elif name == "halving":
-        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
-    elif name == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
-    else:
-        pruner = optuna.pruners.NopPruner()
-    return design.PerCellPruner(pruner)
 
 
 def trainable(config, data):
@@ -91,34 +74,6 @@ def base_config(space, s, args):
     """The trial settings every trial of the study shares."""
     return {"epochs": s["epochs"], "step_size": s["step_size"], "weights_policy": s["weights_policy"],
             "frozen_bn": getattr(args, "frozen_bn", None) or DEFAULTS["frozen_bn"], **space.fixed}
-
-
-def init_ray(args):
-    if ray.is_initialized():
-        return
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    # "local": without it, ray.init joins any Ray already running on this machine (another
-    # user's, another study's) instead of starting this study's own.
-    # Trials' own output (the weights-fallback warning of each, say) only with --verbose: the
-    # progress lines and the failures' reasons say what matters.
-    kwargs = dict(address=address or "local", include_dashboard=False, log_to_driver=bool(getattr(args, "verbose", 0)))
-    if not address and args.num_cpus:
-        kwargs["num_cpus"] = args.num_cpus
-    # Ray's default for a local cluster (token authentication on) is fine on loopback; its
-    # warning about it at every start is not news to the user.
-    # (A logger's name, not an access: Ray's token setup logs under this private module.)
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        lambda record: "Token authentication is enabled" not in record.getMessage())
-    try:
-        ray.init(logging_level="WARNING", **kwargs)
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
-
-
-def slots(cluster, resources):
-    """How many trials with `resources` the cluster's resources (ray.cluster_resources()) fit at once."""
-    fits = [cluster.get(k.upper(), 0) / v for k, v in resources.items() if v]
-    return max(1, int(min(fits))) if fits else 1
 
 
 def artifact_dir(results):

@@ -229,6 +229,7 @@ def native_bf16(device):
         return torch.cuda.is_bf16_supported()
     if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
         return False  # kernels held to AVX2 (ATEN_CPU_CAPABILITY=avx2) emulate bf16 too
+    # Private, for want of a public way: torch has no public query of the CPU's bf16 instructions.
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 

@@ -13,6 +13,7 @@ searcher.on_trial_result on STOP. So:
   checkpoint its test metrics come from.
 - `OptunaPruningScheduler` runs for every result before anything else, records it
   through the searcher and returns STOP when the pruner says so.
+- `make_pruner` builds the study's pruner (--pruner), asked within a cell only.
 
 - The searcher hands out the trials the study's design still needs (tlstudy.design):
   each is enqueued with its cell's parameters and its `cell`, `phase`, `train_seed` user
@@ -45,6 +46,23 @@ from tlstudy import artifacts, design
 from tlstudy.heartbeats import Heartbeats
 from tlstudy.result_keys import (EPOCH_KEYS, FAIL_REASON, HISTORY, METRIC, NODE_ID, STEP, SUMMARY_BEST_VAL_LOSS,
                                  SUMMARY_PREDICTIONS, SUMMARY_PREFIX, SUMMARY_TEST_BEST_ACC)
+
+
+def make_pruner(name, epochs, percentile=25.0):
+    """The study's pruner, asked within a cell only (tlstudy.design.PerCellPruner)."""
+    # No pruning at epoch 1: the first val loss says little after a fresh head. Two finished
+    # trials of the cell first: the protocol trial and one more.
+    if name == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2)
+    elif name == "percentile":
+        pruner = optuna.pruners.PercentilePruner(percentile, n_startup_trials=1, n_warmup_steps=2)
+    elif name == "halving":
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    elif name == "hyperband":
+        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    else:
+        pruner = optuna.pruners.NopPruner()
+    return design.PerCellPruner(pruner)
 
 
 class OptunaPruningSearch(OptunaSearch):
