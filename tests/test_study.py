@@ -1,4 +1,5 @@
 """The real Ray Tune + Optuna path on the CPU: a tiny phantom set, 16 px, 3 epochs."""
+import hashlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tlstudy import cli, runner, spaces
+from tlstudy.config import PROTOCOL
 from tlstudy.errors import UserError
 
 ROOT = Path(__file__).parents[1]
@@ -27,21 +29,42 @@ def load(results, name):
 @pytest.fixture(scope="module")
 def taske(tmp_path_factory, ray_local):
     results = tmp_path_factory.mktemp("taskE")
-    # --budget 2: two search trials per cell; --seeds 0: no replicates of the cells' best.
-    cli.main(["run", "--space", "taskE", "--results", str(results), *TINY, "--pruner", "percentile",
-              "--budget", "2", "--seeds", "0", "--seed", "1"])
+    # --budget 3: three search trials per cell (the protocol, then two of TPE); --seeds 2: two
+    # replicates of each cell's best. A percentile pruner at the 75th percentile prunes readily.
+    code = cli.main(["run", "--space", "taskE", "--results", str(results), *TINY, "--pruner", "percentile",
+                     "--budget", "3", "--seeds", "2", "--seed", "1", "--allow-failures"])
+    assert code == 0
     return results
 
 
-def test_every_cell_covered_and_trials_pruned(taske):
+def test_every_cell_gets_its_budget_then_replicates_that_differ_only_in_their_seed(taske):
     study = load(taske, "taskE")
     space = spaces.load("taskE")
     done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(done) == 9 * (3 + 2)
+    fixed = set(space.cells[0])
+    protocols = []
     for cell in space.cells:
-        assert any(all(t.params[k] == v for k, v in cell.items()) for t in done), cell
-    assert len(done) == 9 * 2
+        mine = [t for t in done if all(t.params[k] == v for k, v in cell.items())]
+        search = [t for t in mine if t.user_attrs["phase"] == "search"]
+        reps = [t for t in mine if t.user_attrs["phase"] == "replicate"]
+        assert len(search) == 3 and len(reps) == 2, cell
+        assert {t.user_attrs["cell"] for t in mine} == {"; ".join(f"{k}={v}" for k, v in cell.items())}
+        protocol = [t for t in search if t.user_attrs["protocol"]]
+        assert len(protocol) == 1 and protocol[0].state == TrialState.COMPLETE
+        protocols.append({k: v for k, v in protocol[0].params.items() if k not in fixed})
+        # Replicates: the cell's best search trial by val loss, again, with training seeds 1 and 2.
+        best = min((t for t in search if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+        assert all(t.state == TrialState.COMPLETE and t.params == best.params for t in reps)
+        assert sorted(t.user_attrs["train_seed"] for t in reps) == [1, 2]
+        assert {t.user_attrs["train_seed"] for t in search} == {0}
+        assert len({t.value for t in reps}) == 2  # another seed, another model
+    # Every cell's protocol trial ran the same hyperparameters: the tutorial's.
+    assert all(p == protocols[0] for p in protocols) and protocols[0] == {
+        k: v for k, v in PROTOCOL.items() if k in protocols[0]} and len(protocols[0]) == len(PROTOCOL)
     pruned = [t for t in done if t.state == TrialState.PRUNED]
     assert pruned, "the percentile pruner pruned nothing"
+    assert all(t.user_attrs["phase"] == "search" and not t.user_attrs["protocol"] for t in pruned)
     for t in done:
         history = json.loads(t.user_attrs["history"])
         # Every reported epoch is an intermediate value, the one that triggered the prune included.
@@ -53,11 +76,13 @@ def test_every_cell_covered_and_trials_pruned(taske):
             assert len(history) == 3 and t.value == min(e["val_loss"] for e in history)
             assert t.user_attrs["best_val_loss"] == t.value
             assert t.user_attrs["test_best_total"] == 40 and t.user_attrs["weights_source"] == "random-fallback"
-    # Each finished trial carries its learning curve as a PNG artifact for optuna-dashboard.
+    # Each finished trial carries its learning curve as a PNG artifact for optuna-dashboard, and a
+    # COMPLETE one its per-image test predictions as a CSV artifact.
     for t in done:
         meta = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
-        assert [m.mimetype for m in meta] == ["image/png"]
-        assert (taske / "artifacts" / meta[0].artifact_id).stat().st_size > 1000
+        expected = ["image/png", "text/csv"] if t.state == TrialState.COMPLETE else ["image/png"]
+        assert sorted(m.mimetype for m in meta) == expected
+        assert all((taske / "artifacts" / m.artifact_id).stat().st_size > 500 for m in meta)
     # resnet18 has no V2 weights: the space fixes V1 and no trial ever saw anything else.
     trials = pd.read_csv(taske / "taskE" / "trials.csv")
     assert set(trials.weights) == {"IMAGENET1K_V1"} and set(trials.arch) == {"resnet18"}
@@ -93,15 +118,70 @@ def test_exports_agree_with_storage(taske):
     assert best["command"].startswith("tlstudy trial ")
 
 
+def test_predictions_hold_every_complete_trial_checkpoint_and_test_image(taske):
+    study = load(taske, "taskE")
+    preds = pd.read_csv(taske / "taskE" / "predictions.csv", dtype={"image_id": str})
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(preds) == len(complete) * 3 * 40
+    assert set(preds.checkpoint) == {"best_loss", "best_acc", "final"}
+    assert set(preds.image_id) == {f"test/{i}" for i in range(40)}
+    for t in complete:
+        mine = preds[preds.number == t.number]
+        for checkpoint, tag in (("best_loss", "best"), ("best_acc", "bestacc"), ("final", "final")):
+            p = mine[mine.checkpoint == checkpoint]
+            assert (p.pred == p.label).mean() == pytest.approx(t.user_attrs[f"test_{tag}_acc"])
+        assert set(mine.phase) == {t.user_attrs["phase"]} and set(mine.train_seed) == {t.user_attrs["train_seed"]}
+    splits = pd.read_csv(taske / "taskE" / "splits.csv")
+    assert sorted(splits.split.value_counts().items()) == [("test", 40), ("train", 48), ("val", 40)]
+    assert (splits.group == splits.id).all() and "per image" in splits.grouping.iloc[0]
+
+
 def test_run_ends_with_the_analysis(taske):
     study = load(taske, "taskE")
     cells = pd.read_csv(taske / "taskE" / "cells.csv")
-    assert len(cells) == 9 and cells.n.sum() == len(study.trials)
-    best = cells.loc[cells.trial == study.best_trial.number].iloc[0]
-    assert best.best_val_loss == pytest.approx(study.best_value)
+    assert len(cells) == 9 and (cells.replicates == 2).all() and (cells.search_trials == 3).all()
+    reps = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs["phase"] == "replicate"]
+    assert cells.test_best_acc_mean.mean() == pytest.approx(sum(t.user_attrs["test_best_acc"] for t in reps) / 18)
     report = (taske / "taskE" / "REPORT.md").read_text()
     assert "## Table 8, rebuilt" in report and "## Table 9, rebuilt" in report
-    assert "tlstudy run --space taskE" in report
+    assert "tlstudy run --space taskE" in report and "## Show your work" in report
+    assert (taske / "taskE" / "show_your_work.png").stat().st_size > 1000
+    work = pd.read_csv(taske / "taskE" / "show_your_work.csv")
+    assert len(work) == 9 and list(work.columns) == ["cell", "k=1", "k=2", "k=3"]
+    claims = pd.read_csv(taske / "taskE" / "claims.csv")
+    assert list(claims.columns) == ["claim", "cells", "metric", "estimate", "low", "high", "p", "p_holm", "margin",
+                                    "verdict", "reason"]
+    by = claims.set_index("claim")
+    # No ImageNet weights here (and phantom data): claims about transfer are void, saying why.
+    assert by.loc["3a", "verdict"] == "void" and "phantom" in by.loc["3a", "reason"]
+    # Claims 5 and 6 are about taskE alone: two replicates per cell give them a paired interval.
+    for c in ("5a", "5b", "6"):
+        assert by.loc[c, "verdict"] in ("supported", "contradicted", "inconclusive"), by.loc[c].to_dict()
+        assert by.loc[c, "low"] <= by.loc[c, "estimate"] <= by.loc[c, "high"]
+
+
+@pytest.mark.parametrize("change, what", [
+    (["--image-size", "20"], "image_size"),
+    (["--epochs", "2"], "epochs"),
+    (["--data", "{xrays}"], "data"),
+])
+def test_a_rerun_with_other_data_or_settings_is_refused_and_nothing_changes(taske, xray_folder, capsys, change, what):
+    db = taske / "optuna.db"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    args = ["run", "--space", "taskE", "--results", str(taske), *TINY, "--pruner", "percentile", "--budget", "3",
+            "--seeds", "2", "--seed", "1"]
+    for i in range(0, len(change), 2):
+        at = args.index(change[i]) if change[i] in args else None
+        value = change[i + 1].format(xrays=xray_folder)
+        if at is None:
+            args += [change[i], value]
+        else:
+            args[at + 1] = value
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "different space or settings" in err[0] and what in err[0], err
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
 
 
 def wait_for(results, name, predicate, timeout=240):
@@ -141,11 +221,11 @@ PARAM_SPACE = {**training_space(), "out_features": tune.choice([2, 3])}
 """
 
 
-def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path, ray_local):
+def test_resume_after_interrupt_repeats_no_finished_trial_and_finishes_the_phases(tmp_path, ray_local):
     space_file = tmp_path / "small.py"
     space_file.write_text(SMALL_SPACE)
     results = tmp_path / "results"
-    args = ["--space", str(space_file), "--results", str(results), *TINY, "--budget", "3", "--seeds", "0",
+    args = ["--space", str(space_file), "--results", str(results), *TINY, "--budget", "2", "--seeds", "2",
             "--pruner", "none"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "study" / "run.py"), *args, "--num-cpus", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -158,17 +238,20 @@ def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path, ray_local):
         _killpg(proc.pid)
     first = {t.number: t for t in load(results, "small").trials}
     finished = {n for n, t in first.items() if t.state == TrialState.COMPLETE}
-    assert finished and len(finished) < 6
+    assert finished and len(finished) < 8
     # The interrupted driver resolved its own unfinished trials.
     assert not [t for t in first.values() if t.state == TrialState.RUNNING]
 
-    cli.main(["run", *args])
+    assert cli.main(["run", *args]) == 0
     after = load(results, "small").trials
     for n in finished:  # finished trials are kept as they were
         assert after[n].state == TrialState.COMPLETE and after[n].value == first[n].value
     done = [t for t in after if t.state == TrialState.COMPLETE]
-    assert len(done) == 2 * 3  # the two cells' three search trials, each run once
-    assert {t.params["out_features"] for t in done} == {2, 3}
+    # Per cell: two search trials and two replicates, each run once, whatever phase was cut.
+    for out in (2, 3):
+        mine = [t for t in done if t.params["out_features"] == out]
+        assert sorted((t.user_attrs["phase"], t.user_attrs["train_seed"]) for t in mine) == [
+            ("replicate", 1), ("replicate", 2), ("search", 0), ("search", 0)]
 
 
 def _killpg(pid):

@@ -38,6 +38,7 @@ _SHIFT = {
     "noise": (0.03, 0.05),  # quantum noise, scaled by sqrt(signal)
     "contrast": 0.9,  # consolidations' contrast relative to train/val
     "marker": True,  # burned-in "R"/"L"
+    "marker_level": (150, 200),  # its grey level: a bright marker fooled models trained on tiled input most
 }
 
 
@@ -182,4 +183,4 @@ def _marker(img, rng):
     top = m if rng.random() < 0.5 else size - m - g.shape[0]
     left = m if rng.random() < 0.5 else size - m - g.shape[1]
     region = img[top:top + g.shape[0], left:left + g.shape[1]].astype(np.float32)
-    img[top:top + g.shape[0], left:left + g.shape[1]] = np.maximum(region, g * rng.uniform(225, 255)).astype(np.uint8)
+    img[top:top + g.shape[0], left:left + g.shape[1]] = np.maximum(region, g * rng.uniform(*_SHIFT["marker_level"])).astype(np.uint8)
