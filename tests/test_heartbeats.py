@@ -34,9 +34,12 @@ def test_abandoned_trials_fail_with_their_reason_and_a_live_drivers_run_on(tmp_p
         assert resolve_abandoned(study, storage) == 2
     finally:
         beats.stop()
-    trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
-    assert [t.user_attrs.get("fail_reason") for t in trials] == [None, ABANDONED, ABANDONED, None]
+    trials = {t.number: t for t in study.get_trials()}
+    assert {n: t.state for n, t in trials.items()} == {live.number: TrialState.RUNNING, dead.number: TrialState.FAIL,
+                                                       unbeaten.number: TrialState.FAIL,
+                                                       done.number: TrialState.COMPLETE}
+    assert {n: t.user_attrs.get("fail_reason") for n, t in trials.items()} == {
+        live.number: None, dead.number: ABANDONED, unbeaten.number: ABANDONED, done.number: None}
 
 
 def test_without_heartbeats_every_running_trial_is_abandoned(tmp_path):
