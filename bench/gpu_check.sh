@@ -47,8 +47,8 @@ size, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 on = device.type == "cuda"  # bf16 + channels_last: what "auto" picks on a GPU with bf16
-run = dict(device=device, amp=on, fmt=torch.channels_last if on else torch.contiguous_format, mode="finetune",
-           features=False)
+run = train.RunContext(device=device, amp=on, fmt=torch.channels_last if on else torch.contiguous_format,
+                       mode="finetune", frozen_bn="eval", features=False)
 cfg = dict(train.DEFAULTS, batch_size=64, augment=False)
 x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, device=device)
 y = torch.randint(0, 2, (n,), device=device)
@@ -57,7 +57,7 @@ res = {"device": torch.cuda.get_device_name() if on else "cpu", "image_size": si
        "amp_bf16": on, "channels_last": on}
 for arch in ("resnet18", "resnext50_32x4d", "resnet101"):
     model, _ = models.build(arch, "none", 2, "finetune")
-    model.to(device, memory_format=run["fmt"])
+    model.to(device, memory_format=run.fmt)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     if on:
         torch.cuda.reset_peak_memory_stats()

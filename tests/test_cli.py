@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import tlstudy
-from tlstudy import cli, config, export, storage, submit
+from tlstudy import cli, cli_flags, config, export, storage, submit
 
 ROOT = Path(__file__).parents[1]
 SECRET = "s3cr3t-PW"
@@ -27,15 +27,15 @@ def options(parser):
     return [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
 
 
-@pytest.mark.parametrize("name", list(cli.COMMANDS))
+@pytest.mark.parametrize("name", list(cli_flags.COMMANDS))
 def test_every_flag_has_a_help_line(name):
-    missing = [a.option_strings[0] for a in options(cli.subparser(name)) if not (a.help or "").strip()]
+    missing = [a.option_strings[0] for a in options(cli_flags.subparser(name)) if not (a.help or "").strip()]
     assert not missing
 
 
 def test_closed_sets_are_choices():
-    trial = {a.dest: a for a in options(cli.subparser("trial"))}
-    run = {a.dest: a for a in options(cli.subparser("run"))}
+    trial = {a.dest: a for a in options(cli_flags.subparser("trial"))}
+    run = {a.dest: a for a in options(cli_flags.subparser("run"))}
     for key, allowed in config.CHOICES.items():
         assert tuple(trial[key].choices) == allowed, key
     for key in ("weights_policy", "frozen_bn"):
@@ -45,10 +45,10 @@ def test_closed_sets_are_choices():
 
 
 def test_run_flags():
-    run = {a.dest for a in options(cli.subparser("run"))}
+    run = {a.dest for a in options(cli_flags.subparser("run"))}
     assert {"budget", "seeds", "frozen_bn", "allow_failures", "verbose", "show_config", "margin", "alpha"} <= run
     assert not {"samples_per_cell", "extra_samples"} & run
-    args = cli.subparser("run").parse_args(["--space", "taskE"])
+    args = cli_flags.subparser("run").parse_args(["--space", "taskE"])
     assert (args.budget, args.seeds, args.frozen_bn, args.margin, args.alpha) == (None, None, None, 0.02, 0.05)
 
 
@@ -83,7 +83,7 @@ def test_the_light_path_imports_nothing_heavy(tmp_path):
     (["--space", "taskE"], {"RAY_ADDRESS": "auto"}, False),
 ])
 def test_ray_stays_on_loopback_unless_joining_a_cluster(argv, env, local):
-    args = cli.subparser("run").parse_args(argv)
+    args = cli_flags.subparser("run").parse_args(argv)
     assert cli.keep_ray_local(args.address, env) is local
     assert env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == ("0" if local else None)
 
@@ -123,7 +123,7 @@ def test_run_hands_the_runner_checked_args(tmp_path, fake_runner):
 
 def test_trial_profile_defaults_are_the_studys():
     for name, profile in config.PROFILES.items():
-        args = cli.subparser("trial").parse_args(["--profile", name])
+        args = cli_flags.subparser("trial").parse_args(["--profile", name])
         cfg, data = cli.trial_settings(args)
         assert (data["image_size"], data["phantom_sizes"], data["max_train"]) == \
             (profile["image_size"], profile["phantom_sizes"], profile["max_train"])
@@ -135,7 +135,7 @@ def test_trial_profile_defaults_are_the_studys():
 def test_min_val_agrees_with_the_data_module():
     from tlstudy import data
 
-    assert cli.MIN_VAL == data.MIN_VAL
+    assert cli_flags.MIN_VAL == data.MIN_VAL
 
 
 def _study(base, params, data_args):
@@ -162,17 +162,17 @@ def test_best_config_command_round_trips_through_the_trial_parser(profile):
     best = _study(base, params, data_args)
     argv = shlex.split(best["command"])
     assert argv[:2] == ["tlstudy", "trial"] and "--augment" in argv and "--amp" in argv
-    cfg, data = cli.trial_settings(cli.subparser("trial").parse_args(argv[2:]))
+    cfg, data = cli.trial_settings(cli_flags.subparser("trial").parse_args(argv[2:]))
     want = {**config.DEFAULTS, **base, **params, "amp": "on"}
     assert cfg == want
     assert data == dict(data="phantom", image_size=48, phantom_sizes=(60, 50, 40), max_train=0,
-                        min_val=cli.MIN_VAL, skip_bad_images=False, data_seed=9)
+                        min_val=cli_flags.MIN_VAL, skip_bad_images=False, data_seed=9)
 
 
 def test_best_config_of_a_study_from_before_train_seed():
     best = _study(dict(epochs=2, seed=5, augment=False), dict(lr=0.001), dict(data="phantom", image_size=16,
                                                                              max_train=48))
-    cfg, data = cli.trial_settings(cli.subparser("trial").parse_args(shlex.split(best["command"])[2:]))
+    cfg, data = cli.trial_settings(cli_flags.subparser("trial").parse_args(shlex.split(best["command"])[2:]))
     assert cfg["train_seed"] == 5 and data["data_seed"] == 5 and cfg["augment"] is False and data["max_train"] == 48
     assert "--no-augment" in best["command"]
 
@@ -181,8 +181,8 @@ def test_best_config_of_a_study_from_before_train_seed():
     ["--space", "a.py"], ["--space=a.py"], ["--spa", "a.py"], ["--spac=a.py"],
 ])
 def test_replace_option_finds_every_spelling(argv):
-    parser = cli.subparser("run")
-    out = cli.replace_option(parser, ["--seed", "1", *argv, "--epochs", "2"], "--space", lambda v: "X/" + v)
+    parser = cli_flags.subparser("run")
+    out = cli_flags.replace_option(parser, ["--seed", "1", *argv, "--epochs", "2"], "--space", lambda v: "X/" + v)
     assert "X/a.py" in " ".join(out) and out[:2] == ["--seed", "1"] and out[-2:] == ["--epochs", "2"]
     assert parser.parse_args(out).space == "X/a.py"
 
@@ -256,7 +256,7 @@ def test_submit_ships_a_space_file_given_any_way(tmp_path, monkeypatch, spelling
     (tmp_path / "mine" / "small.py").write_text((ROOT / "search_spaces" / "taskE.py").read_text())
     monkeypatch.chdir(tmp_path)
     run_argv = [*spelling.format(tmp_path / "mine" / "small.py").split(" "), "--epochs", "2"]
-    parser = cli.subparser("run")
+    parser = cli_flags.subparser("run")
     run_argv, results, names = submit.job_plan(parser, run_argv, parser.parse_args(run_argv), tmp_path)
     assert parser.parse_args(run_argv).space == "mine/small.py" and names == ["small", "artifacts"]
 

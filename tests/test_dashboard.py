@@ -30,7 +30,7 @@ def free_port():
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished study as study/run.py leaves it: per-epoch intermediate values, PRUNED trials,
-    user attributes, a learning-curve PNG artifact per trial (tlstudy.plots, as the bridge uploads)."""
+    user attributes, a learning-curve PNG artifact per trial (tlstudy.plots, as tlstudy.tune_optuna uploads)."""
     results = tmp_path_factory.mktemp("results")
     storage = optuna.storages.RDBStorage(f"sqlite:///{results / 'optuna.db'}")
     store = FileSystemArtifactStore(str(results / "artifacts"))

@@ -39,7 +39,7 @@ def test_missing_weights_auto_falls_back_loudly():
     assert source == "random-fallback"
 
 
-def test_no_weights():
+def test_weights_none_is_a_random_init_recorded_as_none():
     _, source = models.build("resnet18", "none")
     assert source == "none"
 
@@ -48,7 +48,7 @@ def test_no_weights():
     ("resnet18", "IMAGENET1K_V2", "no weights 'IMAGENET1K_V2'"),
     ("resnet999", "none", "unknown architecture"),
 ])
-def test_rejected_configs(arch, weights, message):
+def test_unknown_architecture_or_weights_is_a_user_error(arch, weights, message):
     with pytest.raises(UserError, match=message):
         models.check(arch, weights)
 
@@ -59,7 +59,7 @@ def test_out_features_below_classes_rejected():
 
 
 @pytest.mark.parametrize("arch, in_features", [("resnext50_32x4d", 2048), ("resnet101", 2048)])
-def test_report_architectures_with_v2_weights(arch, in_features):
+def test_report_architectures_have_v2_weights_and_frozen_train_only_the_head(arch, in_features):
     models.check(arch, "IMAGENET1K_V2")
     model, _ = models.build(arch, "none", out_features=10, mode="frozen")
     assert model.fc.in_features == in_features and model.fc.out_features == 10

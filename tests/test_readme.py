@@ -20,17 +20,17 @@ def test_every_flag_of_every_command_is_in_the_readme(monkeypatch):
     import re
     import runpy
 
-    from tlstudy import cli
+    from tlstudy import cli_flags
 
     section = (ROOT / "README.md").read_text().split("## Every CLI flag", 1)[1].split("\n## ", 1)[0]
     documented = lambda f: f"`{f}" in section or f"{f}`" in section  # noqa: E731
     missing = {}
-    for name in cli.COMMANDS:
+    for name in cli_flags.COMMANDS:
         assert f"**`tlstudy {name}`**" in section, name
-        flags = {s for a in cli.subparser(name)._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
+        flags = {s for a in cli_flags.subparser(name)._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
         missing[f"tlstudy {name}"] = sorted(f for f in flags if not documented(f))
     # The scripts that are no tlstudy command (study/screenshot.py), from their --help.
-    wrappers = {f"{name}.py" for name in cli.COMMANDS}
+    wrappers = {f"{name}.py" for name in cli_flags.COMMANDS}
     for script in sorted(p for p in (ROOT / "study").glob("*.py") if p.name not in wrappers):
         monkeypatch.setattr("sys.argv", [str(script), "--help"])
         out = io.StringIO()

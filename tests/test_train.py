@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlstudy import data, phantom, train
+from tlstudy import data, models, phantom, train
 from tlstudy.errors import UserError
+from tlstudy.result_keys import BEST_VAL_LOSS, EPOCH_KEYS, PREDICTIONS, SUMMARY, TEST_BEST_ACC
+from tlstudy.transforms import IMAGENET_MEAN, IMAGENET_STD, to_input
 
 ROOT = Path(__file__).parents[1]
 
@@ -46,16 +48,77 @@ def test_training_lowers_loss_and_beats_chance(balanced32):
     assert last["n_train"] == 320 and last["data_source"] == "phantom (balanced)"
 
 
-def test_same_seed_same_metrics_and_repeat_tiles_input(phantom32):
+def test_same_seed_same_metrics(phantom32):
     cfg = dict(weights="none", epochs=1, batch_size=64, train_repeat="1,3,3,1", eval_repeat="1,3,1,1")
     a, b = run(cfg, phantom32), run(cfg, phantom32)
     assert a[-1]["train_loss"] == b[-1]["train_loss"]
     assert a[-1]["summary"]["test_best_acc"] == b[-1]["summary"]["test_best_acc"]
 
 
-def test_frozen_trial_keeps_backbone(phantom32):
-    last = run(dict(weights="none", mode="frozen", epochs=2, batch_size=64, out_features=6), phantom32)[-1]["summary"]
-    assert len(last["test_final_confusion_matrix"][0]) == 6  # columns: every output index
+def test_to_input_repeats_the_channel_and_tiles_the_height():
+    x = torch.tensor([[[[0, 255], [51, 102]]]], dtype=torch.uint8)  # 1 x 1 x 2 x 2
+    out = to_input(x, (1, 3, 3, 1))
+    assert out.shape == (1, 3, 6, 2)
+    for c, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD)):
+        image = (torch.tensor([[0.0, 1.0], [0.2, 0.4]]) - mean) / std
+        torch.testing.assert_close(out[0, c], torch.cat([image, image, image]))  # three tiles, top to bottom
+
+
+def recording_build(monkeypatch):
+    """models.build as train.fit calls it, each model it builds kept with its state as built
+    and the input of every forward call, with the mode the model was in."""
+    built, inputs, build = [], [], models.build
+
+    def build_and_record(*args, **kwargs):
+        model, source = build(*args, **kwargs)
+        built.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
+        model.register_forward_pre_hook(lambda m, args: inputs.append((m.training, args[0].detach().clone())))
+        return model, source
+    monkeypatch.setattr(models, "build", build_and_record)
+    return built, inputs
+
+
+def pixels(batch):
+    """A normalised input batch back to uint8 pixels, per channel."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((batch * std + mean) * 255).round().to(torch.uint8)
+
+
+def test_training_feeds_the_model_the_tiled_images(phantom32, monkeypatch):
+    """train_repeat 1,3,3,1: the model trains on each 32 px image as three channels and three tiles
+    in height (96 x 32), as the report's x.repeat(1, 3, 3, 1); val and test see eval_repeat's 32 x 32."""
+    _, inputs = recording_build(monkeypatch)
+    run(dict(weights="none", epochs=1, batch_size=64, train_repeat="1,3,3,1", eval_repeat="1,3,1,1"), phantom32)
+    train_in = [x for training, x in inputs if training]
+    eval_in = [x for training, x in inputs if not training]
+    assert train_in and {tuple(x.shape[1:]) for x in train_in} == {(3, 96, 32)}
+    assert eval_in and {tuple(x.shape[1:]) for x in eval_in} == {(3, 32, 32)}
+    tiled = pixels(train_in[0])
+    image = tiled[:, :1, :32]
+    assert torch.equal(tiled, image.repeat(1, 3, 3, 1))  # the same image in every channel and tile
+    train_images = {im.numpy().tobytes() for im in phantom32.x["train"]}
+    assert all(im.numpy().tobytes() in train_images for im in image)  # ... and it is a training image
+
+
+@pytest.mark.parametrize("feature_cache", ["auto", "off"])
+def test_frozen_trial_trains_the_head_and_keeps_the_backbone(phantom32, monkeypatch, feature_cache):
+    """Frozen mode, with the head trained on cached features (auto) or behind the backbone (off):
+    the backbone's weights and BatchNorm statistics end as they were built; only the head moves."""
+    built, _ = recording_build(monkeypatch)
+    last = run(dict(weights="none", mode="frozen", epochs=2, batch_size=64, out_features=6,
+                    feature_cache=feature_cache), phantom32)[-1]["summary"]
+    [(model, before)] = built
+    after = model.state_dict()
+    assert {k for k in before if not torch.equal(before[k], after[k])} == {"fc.weight", "fc.bias"}
+    assert last["feature_cache"] == {"auto": "built", "off": "off"}[feature_cache]
+    assert len(last["test_final_confusion_matrix"][0]) == 6  # the new head's 6 outputs, a column each
+
+
+def test_records_carry_the_result_keys(phantom32):
+    """What fit yields is named as tlstudy.result_keys says, which the searcher and the exports read."""
+    epochs = run(dict(weights="none", mode="frozen", epochs=1, batch_size=64), phantom32)
+    assert set(epochs[-1]) == {*EPOCH_KEYS, SUMMARY}
+    assert {BEST_VAL_LOSS, TEST_BEST_ACC, PREDICTIONS} <= set(epochs[-1][SUMMARY])
 
 
 def test_non_finite_loss_stops_the_trial(phantom32):

@@ -20,12 +20,12 @@ def test_repeat_shapes_and_normalisation(repeat, shape):
 
 
 @pytest.mark.parametrize("text, factors", [("1,3,3,1", (1, 3, 3, 1)), ("1 3 1 1", (1, 3, 1, 1)), ([1, 3, 1, 2], (1, 3, 1, 2))])
-def test_parse_repeat(text, factors):
+def test_parse_repeat_takes_text_spaces_or_a_list(text, factors):
     assert parse_repeat(text) == factors
 
 
 @pytest.mark.parametrize("bad", ["1,3,3", "1,3,x,1", "2,3,1,1", "1,1,1,1", "1,3,0,1", None])
-def test_malformed_repeat(bad):
+def test_malformed_repeat_is_a_user_error(bad):
     with pytest.raises(UserError, match="repeat"):
         parse_repeat(bad)
 
@@ -61,6 +61,6 @@ def test_test_metrics_against_hand_computed_values():
     assert not math.isnan(m["auc"])
 
 
-def test_accuracy_counts():
+def test_correct_count_is_the_number_of_right_argmax_predictions():
     out = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
-    assert metrics.accuracy(out, torch.tensor([0, 1, 1])).item() == 2
+    assert metrics.correct_count(out, torch.tensor([0, 1, 1])).item() == 2

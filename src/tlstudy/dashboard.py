@@ -18,12 +18,13 @@ from tlstudy.storage import display_url, open_storage
 def serve(url, args):
     """Serve `url` until interrupted; args: space, study_name, results, host, port."""
     storage = open_storage(url)
-    names = {s.study_name: s._study_id for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    names = optuna.get_all_study_names(storage)
     name = args.study_name or (Path(args.space).stem if args.space else None)
     if name and name not in names:
         raise UserError(f"storage {display_url(url)} holds no study {name!r}; it holds {sorted(names) or 'none'}")
     address = f"http://{args.host}:{args.port}/dashboard/"
-    print(f"optuna-dashboard on {display_url(url)}: open {address + (f'studies/{names[name]}' if name else '')}",
+    page = f"studies/{storage.get_study_id_from_name(name)}" if name else ""  # optuna-dashboard's page of the study
+    print(f"optuna-dashboard on {display_url(url)}: open {address + page}",
           flush=True)
     artifacts = Path(args.results) / "artifacts"
     store = FileSystemArtifactStore(str(artifacts)) if artifacts.is_dir() else None

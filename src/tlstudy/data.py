@@ -12,23 +12,15 @@ Sources (`source` argument, the `--data` flag):
 - a MedMNIST .npz file (train_images, train_labels, val_*, test_*);
 - a folder of x_train.npy, y_train.npy, x_val.npy, ... (N x H x W or N x 1 x H x W).
 
-Kaggle's val split holds only 16 images, too few to select checkpoints or prune
-on. When val is smaller than `min_val` (MIN_VAL = 100 by default), it is merged
-into train and a stratified, seeded `val_fraction` of train is split off as val;
-`Splits.val_note` says so, and it travels into the results.
-
 Every image has an id (its path relative to the data root, or `split/index` for
-arrays and the phantom) and a group, the patient. Kermany's file names carry the
-patient (`person1946_bacteria_4874.jpeg`, `IM-0115-0001.jpeg`,
-`NORMAL2-IM-1427-0001.jpeg`), and one child can have several images: a val split
-taken from train keeps each patient on one side, or the val accuracy that picks
-checkpoints and prunes trials is inflated by near-duplicates. Sources without
-patient ids are split per image, and `Splits.group_note` says so.
+arrays and the phantom) and a group, its patient (tlstudy.patient_split). When val is
+smaller than `min_val` (MIN_VAL = 100 by default; Kaggle's holds 16 images), a new
+one is split off train, keeping each patient on one side; `Splits.val_note` and
+`Splits.group_note` say how, and they travel into the results.
 """
 import hashlib
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,10 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import train_test_split
 
 from tlstudy import phantom
 from tlstudy.errors import UserError
+from tlstudy.patient_split import patients, resplit_val
 
 SPLITS = ("train", "val", "test")
 MIN_VAL = 100
@@ -50,8 +43,6 @@ PHANTOM_SIZES = {"train": 600, "val": 150, "test": 200}
 # Kermany's train split is 1341 NORMAL / 3875 PNEUMONIA; its test split 234 / 390. The
 # phantom's val split is drawn like train. Class counts are exact: round(n * fraction).
 PHANTOM_NORMAL_FRACTION = {"train": 1341 / 5216, "val": 1341 / 5216, "test": 234 / 624}
-# The patient in a Kermany file name: person1946_bacteria_4874, IM-0115-0001, NORMAL2-IM-1427-0001.
-PATIENT = re.compile(r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE)
 CACHE_VERSION = 2  # 2: image ids stored with the pixels
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm"}
 
@@ -131,29 +122,8 @@ def load(source="phantom", image_size=64, *, seed=0, phantom_sizes=None, min_val
     groups, group_note = patients(ids)
     val_note = ""
     if len(y["val"]) < min_val:
-        x, y, ids, groups, val_note = _resplit_val(x, y, ids, groups, min_val, val_fraction, seed)
+        x, y, ids, groups, val_note = resplit_val(x, y, ids, groups, min_val, val_fraction, seed)
     return Splits(x, y, raw["classes"], label, fingerprint, val_note, raw.get("skipped", []), ids, groups, group_note)
-
-
-def patients(ids):
-    """({split: patient per image}, note): the patient from Kermany's file names; an image
-    whose name carries none is its own group, and the note says how many."""
-    groups, unknown, total = {}, 0, 0
-    for s, names in ids.items():
-        groups[s] = []
-        for i in names:
-            m = PATIENT.match(Path(i).name)
-            groups[s].append((m.group(1) or m.group(2)) if m else i)
-            unknown += not m
-            total += 1
-    if unknown == total:
-        return groups, "no patient ids in the image names: splits are per image"
-    n = {s: len(set(g)) for s, g in groups.items()}
-    note = f"patients from the file names: {n['train']} train, {n['val']} val, {n['test']} test"
-    both = set(groups["train"]) & set(groups["test"])
-    if both:
-        note += f"; {len(both)} patients have images in both train and test (the source's own split)"
-    return groups, note + (f"; {unknown} images without a patient id are their own group" if unknown else "")
 
 
 def cached(name, build):
@@ -330,30 +300,3 @@ def subsample_train(splits, n, seed):
                    y={**splits.y, "train": splits.y["train"][keep]},
                    ids={**splits.ids, "train": [splits.ids["train"][i] for i in keep]},
                    groups={**splits.groups, "train": [splits.groups["train"][i] for i in keep]})
-
-
-def _resplit_val(x, y, ids, groups, min_val, val_fraction, seed):
-    """Merge val into train and split a stratified val_fraction off it again, keeping each
-    patient (group) on one side."""
-    n_val = len(y["val"])
-    xs, ys = torch.cat([x["train"], x["val"]]), torch.cat([y["train"], y["val"]])
-    all_ids, all_groups = ids["train"] + ids["val"], groups["train"] + groups["val"]
-    k = len(torch.unique(ys))
-    n_new = max(k, int(np.ceil(val_fraction * len(ys))))  # stratifying needs one image per class at least
-    if torch.bincount(ys).min() < 2 or n_new > len(ys) - k:
-        raise UserError(f"too few images to split a val set off train ({len(ys)}; each class needs at least 2)")
-    if len(set(all_groups)) == len(all_groups):  # one image per group: a plain stratified split
-        tr, va = train_test_split(np.arange(len(ys)), test_size=n_new, stratify=ys.numpy(), random_state=seed)
-        how = "per image"
-    else:
-        n_splits = max(2, min(round(1 / val_fraction), int(torch.bincount(ys).min())))  # small sets: fewer folds
-        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        tr, va = next(folds.split(np.zeros(len(ys)), ys.numpy(), groups=all_groups))
-        how = "grouped by patient"
-    tr, va = np.sort(tr), np.sort(va)
-    note = (f"val had {n_val} images (< {min_val}): merged into train and split off a stratified "
-            f"{val_fraction:.0%} of it ({how}, seed {seed}) as val: {len(va)} images")
-    pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
-    return ({**x, "train": xs[tr], "val": xs[va]}, {**y, "train": ys[tr], "val": ys[va]},
-            {**ids, "train": pick(all_ids, tr), "val": pick(all_ids, va)},
-            {**groups, "train": pick(all_groups, tr), "val": pick(all_groups, va)}, note)

@@ -117,6 +117,8 @@ class CellView:
     def get_trials(self, deepcopy=True, states=None):
         return self._mine(self._study.get_trials(deepcopy=deepcopy, states=states))
 
+    # Optuna internal, for want of a public way: TPE reads a study's trials through its cached
+    # _get_trials, not get_trials, so the view must filter both (pinned in tests/test_design.py).
     def _get_trials(self, deepcopy=True, states=None, use_cache=False):
         return self._mine(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache))
 

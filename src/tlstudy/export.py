@@ -10,21 +10,21 @@ The report's tables are tlstudy.analysis's.
 """
 import json
 import shlex
-import tempfile
 from pathlib import Path
 
 import pandas as pd
-from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 
+from tlstudy import artifacts
 from tlstudy.config import DEFAULTS
 from tlstudy.errors import UserError
+from tlstudy.result_keys import HISTORY, TEST_BEST_ACC
 
 
 def trials_frame(study, fixed=None):
     rows = []
     for t in study.get_trials(deepcopy=False):
-        attrs = {k: v for k, v in t.user_attrs.items() if k != "history"}
+        attrs = {k: v for k, v in t.user_attrs.items() if k != HISTORY}
         rows.append({"number": t.number, "state": t.state.name, "value": t.value,
                      "cell": attrs.pop("cell", None), "phase": attrs.pop("phase", None),
                      "train_seed": attrs.pop("train_seed", None),
@@ -33,23 +33,17 @@ def trials_frame(study, fixed=None):
     return pd.DataFrame(rows)
 
 
-PREDICTION_COLUMNS = ["study", "number", "cell", "phase", "train_seed", "checkpoint", "image_id", "label", "pred", "score"]
+PREDICTION_COLUMNS = ["study", "number", "cell", "phase", "train_seed", *artifacts.PREDICTION_FIELDS]
 
 
 def predictions_frame(study, artifact_dir):
     """Every COMPLETE trial's per-image test predictions, read from its CSV artifact."""
-    store = FileSystemArtifactStore(str(artifact_dir))
     frames = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            metas = [m for m in get_all_artifact_meta(t, storage=study._storage) if m.mimetype == "text/csv"]
-            if not metas:
-                continue
-            path = Path(tmp) / f"{t.number}.csv"
-            download_artifact(artifact_store=store, artifact_id=metas[-1].artifact_id, file_path=str(path))
-            p = pd.read_csv(path, dtype={"image_id": str})
-            frames.append(p.assign(study=study.study_name, number=t.number, cell=t.user_attrs.get("cell"), phase=t.user_attrs.get("phase"),
-                                   train_seed=t.user_attrs.get("train_seed")))
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        p = artifacts.read_predictions(study, t, artifact_dir)
+        if p is not None:
+            frames.append(p.assign(study=study.study_name, number=t.number, cell=t.user_attrs.get("cell"),
+                                   phase=t.user_attrs.get("phase"), train_seed=t.user_attrs.get("train_seed")))
     return pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS] if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
 
 
@@ -66,7 +60,7 @@ def write_splits(splits, out_dir):
 def epochs_frame(study):
     rows = []
     for t in study.get_trials(deepcopy=False):
-        for e in json.loads(t.user_attrs.get("history", "[]")):
+        for e in json.loads(t.user_attrs.get(HISTORY, "[]")):
             rows.append({"number": t.number, "state": t.state.name, **e})
     return pd.DataFrame(rows, columns=None if rows else ["number", "state", "epoch"])
 
@@ -121,7 +115,7 @@ def best_config(study, space, data_args):
     config = {k: v for k, v in config.items() if k in DEFAULTS}
     return {"space": space.name, "study": study.study_name, "trial": t.number, "best_val_loss": t.value,
             "config": config, "data": data_args,
-            "test_best_acc": t.user_attrs.get("test_best_acc"),
+            TEST_BEST_ACC: t.user_attrs.get(TEST_BEST_ACC),
             "command": trial_command(config, data_args)}
 
 

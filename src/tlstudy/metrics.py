@@ -10,8 +10,8 @@ import torch
 from sklearn.metrics import confusion_matrix, recall_score, roc_auc_score
 
 
-def accuracy(output, target):
-    """Number of correct argmax predictions in a batch, as a tensor: summing on the device
+def correct_count(output, target):
+    """How many argmax predictions in a batch are right, as a tensor: summing on the device
     avoids a host sync per batch."""
     return (output.argmax(1) == target).sum()
 

@@ -4,25 +4,24 @@ Orchestration lives here and only here:
 1. load the space and the data (once, in the driver; trials get it through Ray's
    object store via tune.with_parameters), and write the split manifest;
 2. open the Optuna study in its storage (one study per space), refuse it when it was run
-   with other data or settings, and fail the trials a dead driver left RUNNING
-   (heartbeats tell them from a live driver's);
+   with other data or settings (tlstudy.study_store), and fail the trials a dead driver
+   left RUNNING (tlstudy.heartbeats tells them from a live driver's);
 3. run what the study's design still needs (tlstudy.design: per cell, `budget` search
    trials, then `seeds` replicates of the best) with a Tuner whose searcher is Ray's
    OptunaSearch on that study and whose scheduler asks the study's pruner after every
-   epoch (tlstudy.bridge). Trials that failed run again, up to --max-retries times;
-4. export trials.csv, epochs.csv, predictions.csv and best_config.json from the storage,
-   and write the analysis (REPORT.md).
+   epoch (tlstudy.tune_optuna); each trial is tlstudy.train.fit in `trainable`, and
+   prints its line (tlstudy.progress). Trials that failed run again, up to --max-retries times;
+4. export trials.csv, epochs.csv, predictions.csv and best_config.json from the storage
+   (tlstudy.export), and write the analysis (REPORT.md, tlstudy.analysis).
 
 Rerunning the same command continues the study: finished trials are not run again.
 """
 import argparse
-import hashlib
 import json
-import logging
 import os
 import sys
 import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 # Ctrl-C must reach the study as KeyboardInterrupt (then: exit 130 and our own resume line),
@@ -35,47 +34,31 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import optuna
 import ray
 import torch
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune.search.optuna import OptunaSearch
 
 from tlstudy import data as tldata
 from tlstudy import analysis, design, export, models, spaces
-from tlstudy.bridge import METRIC, OptunaPruningScheduler, OptunaPruningSearch
-from tlstudy.config import DEFAULTS, PROFILES, PRUNERS
+from tlstudy.config import DEFAULTS, PROFILES
 from tlstudy.errors import UserError
+from tlstudy.heartbeats import resolve_abandoned
+from tlstudy.progress import EpochLines, Progress
+from tlstudy.ray_cluster import init_ray, slots
+from tlstudy.result_keys import FAIL_REASON, METRIC, NODE_ID
 from tlstudy.storage import default_url, display_url, enable_wal, open_storage
+from tlstudy.study_store import PROFILE_KEYS, comparability, open_study
 from tlstudy.train import fit
+from tlstudy.tune_optuna import OptunaPruningScheduler, OptunaPruningSearch, make_pruner
 
-# What makes two trials comparable: a stored study run with other values is refused.
+# The speed measurement of spaces whose cells differ in architecture (measure_speed).
 THROUGHPUT_STEPS, THROUGHPUT_RUNS = 5, 5
-PROFILE_KEYS = ("image_size", "epochs", "step_size", "phantom_sizes", "max_train", "weights_policy")
-
-
-def make_pruner(name, epochs, percentile=25.0):
-    """The study's pruner, asked within a cell only (tlstudy.design.PerCellPruner)."""
-    # No pruning at epoch 1: the first val loss says little after a fresh head. Two finished
-    # trials of the cell first: the protocol trial and one more.
-    if name == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2)
-    elif name == "percentile":
-        pruner = optuna.pruners.PercentilePruner(percentile, n_startup_trials=1, n_warmup_steps=2)
-    elif name == "halving":
-        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
-    elif name == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
-    else:
-        pruner = optuna.pruners.NopPruner()
-    return design.PerCellPruner(pruner)
 
 
 def trainable(config, data):
     """The Ray Tune function trainable: tlstudy.train.fit, reported every epoch."""
     node_id = ray.get_runtime_context().get_node_id()
     for rec in fit(config, data):
-        tune.report({**rec, "node_id": node_id})
+        tune.report({**rec, NODE_ID: node_id})
 
 
 def settings(space, args):
@@ -91,158 +74,6 @@ def base_config(space, s, args):
     """The trial settings every trial of the study shares."""
     return {"epochs": s["epochs"], "step_size": s["step_size"], "weights_policy": s["weights_policy"],
             "frozen_bn": getattr(args, "frozen_bn", None) or DEFAULTS["frozen_bn"], **space.fixed}
-
-
-def comparability(space, s, base, info, data_seed):
-    """Everything that makes the study's trials comparable, as plain JSON: the space, the fixed
-    settings, the profile's data and epochs, and the data themselves."""
-    dists = OptunaSearch.convert_search_space(space.param_space)
-    out = {"space": {"params": {k: optuna.distributions.distribution_to_json(d) for k, d in dists.items()},
-                     "cells": space.cells},
-           "fixed": base, "profile": {k: s[k] for k in PROFILE_KEYS}, "data_seed": data_seed,
-           "data": {k: info[k] for k in ("data_source", "data_fingerprint", "image_size", "n_train", "n_val", "n_test")}}
-    return json.loads(json.dumps(out, sort_keys=True, default=str))
-
-
-def _fingerprint(design_attrs):
-    return hashlib.sha1(json.dumps(design_attrs, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _differences(old, new, prefix=""):
-    """'key: old -> new' for every leaf that differs between two comparability dicts."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {json.dumps(a)[:60]} -> {json.dumps(b)[:60]}")
-    return out
-
-
-def open_study(space, args, storage, design_attrs):
-    """The study, created or reopened; refused (nothing written) when it was run with anything else."""
-    name = args.study_name or space.name
-    fingerprint = _fingerprint(design_attrs)
-    existing = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    if name in existing and args.new_study:
-        optuna.delete_study(study_name=name, storage=storage)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=design.PerCellSampler(args.seed),
-                                direction="minimize", load_if_exists=True)
-    stored = study.user_attrs.get("space_fingerprint")
-    if stored and stored != fingerprint:
-        diff = _differences(study.user_attrs.get("design", {}), design_attrs)
-        raise UserError(f"study {name!r} in {display_url(args.storage)} was run with a different space or settings"
-                        f"{' (' + '; '.join(diff[:4]) + ')' if diff else ''}; its trials would not be comparable: "
-                        "pass --study-name NEW to keep both, or --new-study to replace it")
-    if not stored:
-        with warnings.catch_warnings():  # "experimental" since Optuna 3.2; optuna-dashboard reads it
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC])
-    study.set_user_attr("space_fingerprint", fingerprint)
-    study.set_user_attr("design", design_attrs)
-    study.set_user_attr("space", space.name)
-    return study
-
-
-def resolve_abandoned(study, storage):
-    """Mark FAIL the trials a crashed or killed driver left RUNNING: they will never report again.
-    With heartbeats (SQL storages) these are the trials nobody beats through the grace period,
-    so the trials of another live driver on the same study are left alone. A journal file has
-    no heartbeats: there, every RUNNING trial counts as abandoned (one driver at a time)."""
-    stale = [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    if stale and is_heartbeat_enabled(storage):
-        # A driver killed between asking for a trial and its first heartbeat left a trial that
-        # would never turn stale: beat each once, then see which their driver keeps beating.
-        for trial_id in stale:
-            storage.record_heartbeat(trial_id)
-        print(f"{len(stale)} trials RUNNING: waiting up to {storage.grace_period} s for their driver's heartbeat",
-              flush=True)
-        deadline = time.time() + storage.grace_period + 2  # the database clock counts whole seconds
-        while time.time() < deadline and any(storage.get_trial(i).state == TrialState.RUNNING for i in stale):
-            time.sleep(1)
-        stale = storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name))
-    failed = 0
-    for trial_id in stale:
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", "left RUNNING by a driver that stopped")
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            failed += 1
-        except UpdateFinishedTrialError:
-            pass  # its driver, or another one, resolved it meanwhile
-    return failed
-
-
-class Progress:
-    """One line per finished trial, in Optuna's numbering, with a running count and an ETA."""
-
-    def __init__(self, total, trials=()):
-        self.total, self.t0, self.counts, self.best = total, time.time(), {}, {}
-        for t in trials:  # the best so far includes the stored trials of a resumed study
-            cell = t.user_attrs.get("cell")
-            if t.state == TrialState.COMPLETE and (cell not in self.best or t.value < self.best[cell][0]):
-                self.best[cell] = (t.value, t.number)
-
-    def __call__(self, number, attrs, state, value, epochs, test_acc=None, reason=None):
-        self.counts[state] = self.counts.get(state, 0) + 1
-        done = sum(self.counts.values())
-        elapsed = time.time() - self.t0
-        eta = elapsed / done * (self.total - done) if done < self.total else 0
-        cell, phase = attrs.get("cell", "?"), attrs.get("phase", "?")
-        what = f"{phase} seed {attrs.get('train_seed')}" if phase == design.REPLICATE else phase
-        if state == "COMPLETE":
-            best = self.best.get(cell)
-            if best is None or value < best[0]:
-                self.best[cell] = best = (value, number)
-            result = (f"val_loss {value:.4f}, {epochs} epochs, test acc {test_acc:.1%}; "
-                      f"best in cell {best[0]:.4f} (#{best[1]})")
-        elif state == "PRUNED":
-            result = f"pruned after {epochs} epochs"
-        else:
-            result = f"after {epochs} epochs: {(reason or 'no reason').strip().splitlines()[-1][:100]}"
-        print(f"[{done}/{self.total} {_clock(elapsed)} ETA {_clock(eta)}] #{number} {cell} | {what} | "
-              f"{state} {result}", flush=True)
-
-
-def _clock(seconds):
-    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
-
-
-class EpochLines(tune.Callback):
-    """--verbose: one line per trial per epoch."""
-
-    def on_trial_result(self, iteration, trials, trial, result):
-        cfg = trial.config
-        print(f"[{trial.trial_id}] {cfg.get('arch')} epoch {result['epoch']}/{cfg.get('epochs')}: "
-              f"train_loss {result['train_loss']:.4f} val_loss {result['val_loss']:.4f} "
-              f"val_acc {result['val_acc']:.2%} ({result['epoch_s']:.1f} s)", flush=True)
-
-
-def init_ray(args):
-    if ray.is_initialized():
-        return
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    # "local": without it, ray.init joins any Ray already running on this machine (another
-    # user's, another study's) instead of starting this study's own.
-    # Trials' own output (the weights-fallback warning of each, say) only with --verbose: the
-    # progress lines and the failures' reasons say what matters.
-    kwargs = dict(address=address or "local", include_dashboard=False, log_to_driver=bool(getattr(args, "verbose", 0)))
-    if not address and args.num_cpus:
-        kwargs["num_cpus"] = args.num_cpus
-    # Ray's default for a local cluster (token authentication on) is fine on loopback; its
-    # warning about it at every start is not news to the user.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        lambda record: "Token authentication is enabled" not in record.getMessage())
-    try:
-        ray.init(logging_level="WARNING", **kwargs)
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
-
-
-def slots(cluster, resources):
-    """How many trials with `resources` the cluster's resources (ray.cluster_resources()) fit at once."""
-    fits = [cluster.get(k.upper(), 0) / v for k, v in resources.items() if v]
-    return max(1, int(min(fits))) if fits else 1
 
 
 def artifact_dir(results):
@@ -337,7 +168,7 @@ def run(args):
         else:
             print(f"retry {attempt} of {args.max_retries}: running the {n_trials} trials still missing")
         try:
-            run_trials(study, space, splits, base, s, args, storage, results, n_trials)
+            run_trials(StudyRun(study, space, splits, base, s, args, storage, results), n_trials)
         except KeyboardInterrupt:
             print(f"\ninterrupted: finished trials are stored. Resume with the same command:\n  {args.command}",
                   file=sys.stderr, flush=True)
@@ -383,13 +214,27 @@ def _choices(space, *keys):
     return sorted(combos, key=str)
 
 
-def run_trials(study, space, splits, base, s, args, storage, results, n_trials):
-    """Run up to n_trials trials of the study's design under Ray Tune."""
+@dataclass
+class StudyRun:
+    """What a run of the study hands to the Tuner: the study and everything its trials need."""
+    study: optuna.Study
+    space: spaces.Space
+    splits: tldata.Splits  # the data, prepared once in the driver
+    base: dict  # the trial settings every trial shares (base_config)
+    settings: dict  # the profile, overridden by the space and the flags (settings)
+    args: argparse.Namespace  # the command's flags
+    storage: optuna.storages.BaseStorage
+    results: Path  # the results folder: RESULTS/artifacts/, RESULTS/ray/
+
+
+def run_trials(job, n_trials):
+    """Run up to n_trials trials of the study's design under Ray Tune; job: a StudyRun."""
+    study, space, splits, s, args = job.study, job.space, job.splits, job.settings, job.args
     init_ray(args)
-    searcher = OptunaPruningSearch(space=None, metric=METRIC, mode="min", storage=storage,
+    searcher = OptunaPruningSearch(space=None, metric=METRIC, mode="min", storage=job.storage,
                                    study_name=study.study_name, sampler=study.sampler,
                                    pruner=make_pruner(args.pruner, s["epochs"]),
-                                   artifact_dir=artifact_dir(results),
+                                   artifact_dir=artifact_dir(job.results),
                                    plan=(space.cells, s["budget"], s["seeds"]),
                                    test_images=(splits.ids["test"], splits.y["test"].tolist()),
                                    progress=Progress(n_trials, study.get_trials(deepcopy=False)))
@@ -399,12 +244,12 @@ def run_trials(study, space, splits, base, s, args, storage, results, n_trials):
     max_concurrent = args.max_concurrent or slots(ray.cluster_resources(), resources)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
-        param_space={**base, **space.param_space},
+        param_space={**job.base, **space.param_space},
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=OptunaPruningScheduler(searcher),
                                     num_samples=n_trials, max_concurrent_trials=max_concurrent,
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                  storage_path=str((results / "ray" / space.name).resolve()),
+                                  storage_path=str((job.results / "ray" / space.name).resolve()),
                                   callbacks=[EpochLines()] if args.verbose else [],
                                   verbose=1 if args.verbose else 0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
@@ -423,7 +268,7 @@ def print_failures(study, first):
     print(f"failed trials: {len(failed)} ({sum(t.number >= first for t in failed)} in this run); by reason:")
     reasons = {}
     for t in failed:
-        reason = (t.user_attrs.get("fail_reason") or "no reason recorded").strip().splitlines()
+        reason = (t.user_attrs.get(FAIL_REASON) or "no reason recorded").strip().splitlines()
         reasons.setdefault(reason[-1][:160] if reason else "", []).append(t.number)
     for reason, numbers in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
         print(f"  {len(numbers)} x {reason}  (trials {', '.join(map(str, numbers))})")

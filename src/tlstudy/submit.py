@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from tlstudy import resources, spaces
-from tlstudy.cli import replace_option
+from tlstudy.cli_flags import replace_option
 from tlstudy.errors import UserError
 from tlstudy.storage import display_url, password
 

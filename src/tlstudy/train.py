@@ -1,32 +1,47 @@
 """One trial: train a model on prepared `Splits`, one epoch at a time.
 
-`fit(config, data)` is a generator: it yields one dict of metrics per epoch, so a
-caller (the command line, or the Ray trainable) can report each epoch and stop
-between epochs. The last epoch's dict also carries the trial's results under
-"summary": the report's columns, and the test metrics of the checkpoint with the
-lowest val loss (test_best_*) AND of the final epoch (test_final_*).
+`fit(config, data)` is a generator: it yields one dict of metrics per epoch (the
+names are tlstudy.result_keys'), so a caller (the command line, or the Ray trainable)
+can report each epoch and stop between epochs. The last epoch's dict also carries the
+trial's results under "summary": the report's columns, and the test metrics of the
+checkpoint with the lowest val loss (test_best_*) AND of the final epoch (test_final_*).
+How the batches run (device, bf16, memory format, mode) is settled once, as a
+`RunContext`, and handed to every step.
 
 The data stay uint8 tensors (on the GPU when there is one); each batch is picked
 by indexing, then expanded and normalised as a whole (`tlstudy.transforms`). A frozen
 backbone without augmentation runs once per split instead of once per epoch: the head
-trains on its cached output (`tlstudy.features`), with the same batches in the same order.
+trains on its cached output (`tlstudy.feature_cache`), with the same batches in the same order.
 """
 import contextlib
 import copy
 import json
 import random
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from tlstudy import features, metrics, models
+from tlstudy import feature_cache, metrics, models
 from tlstudy.config import CHOICES, DEFAULTS
 from tlstudy.errors import UserError
+from tlstudy.result_keys import SUMMARY
 from tlstudy.transforms import augment, parse_repeat, to_input
 
 EVAL_BATCH = 128
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """How a trial's batches run, fixed once per trial and read by every step of it."""
+    device: torch.device
+    amp: bool  # bf16 autocast
+    fmt: torch.memory_format  # torch.channels_last or torch.contiguous_format
+    mode: str  # finetune | frozen
+    frozen_bn: str  # frozen mode's BatchNorm: eval | train
+    features: bool  # the network is the head alone, trained on cached backbone features (tlstudy.feature_cache)
 
 
 def fit(config, data):
@@ -47,19 +62,19 @@ def fit(config, data):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
     scheduler = make_scheduler(cfg, optimizer)
-    run = dict(device=device, amp=amp, fmt=fmt, mode=cfg["mode"], frozen_bn=cfg["frozen_bn"],
-               features=features.applies(cfg))
+    run = RunContext(device=device, amp=amp, fmt=fmt, mode=cfg["mode"], frozen_bn=cfg["frozen_bn"],
+                     features=feature_cache.applies(cfg))
     y = {s: t.to(device, non_blocking=True) for s, t in data.y.items()}
-    if run["features"]:
+    if run.features:
         repeats = {"train": train_repeat, "val": eval_repeat, "test": eval_repeat}
-        x, hits = features.for_splits(model, data.x, repeats, cfg, weights_source, run)
+        x, hits = feature_cache.for_splits(model, data.x, repeats, cfg, weights_source, run)
         net = models.find_head(model)[1]  # trains in place: `model` ends with the trained head
-        feature_cache = {0: "built", len(x): "hit"}.get(hits, "partial")
+        cache_use = {0: "built", len(x): "hit"}.get(hits, "partial")
     elif device.type == "cuda":  # the whole uint8 dataset fits on any GPU (Kermany at 224 px is 300 MB)
         x = {s: t.pin_memory().to(device, non_blocking=True) for s, t in data.x.items()}
-        net, feature_cache = model, "off"
+        net, cache_use = model, "off"
     else:
-        x, net, feature_cache = data.x, model, "off"
+        x, net, cache_use = data.x, model, "off"
     gen = torch.Generator().manual_seed(cfg["train_seed"])
 
     # The checkpoints a trial is tested at: lowest val loss (the study's choice), highest val
@@ -70,12 +85,12 @@ def fit(config, data):
     for epoch in range(1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        with _threads(1 if run["features"] and device.type == "cpu" else None):
+        with _threads(1 if run.features and device.type == "cpu" else None):
             train_loss, train_acc = train(net, x["train"], y["train"], optimizer, cfg, train_repeat, gen, run)
             val_loss, val_acc, _ = validate(net, x["val"], y["val"], eval_repeat, run)
         if scheduler:
             scheduler.step()
-        rec = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
+        rec = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,  # EPOCH_KEYS
                    val_acc=val_acc, lr=lr, epoch_s=time.perf_counter() - t0)
         history.append(rec)
         # The first epoch always makes a checkpoint, so a NaN first epoch still leaves one.
@@ -86,16 +101,16 @@ def fit(config, data):
         if epoch == cfg["epochs"]:
             summary = summarize(net, x, y, data, best, history, eval_repeat, run)
             summary.update(wall_s=time.perf_counter() - t_start, startup_s=startup_s, build_s=build_s,
-                           feature_cache=feature_cache,
+                           feature_cache=cache_use,
                            weights_source=weights_source, device=str(device), threads=torch.get_num_threads(), amp=amp,
                            channels_last=channels_last, **{**data.info(), "classes": ",".join(data.classes)})
-            rec = {**rec, "summary": summary}
+            rec = {**rec, SUMMARY: summary}
         yield rec
 
 
 def train(model, x, y, optimizer, cfg, repeat, gen, run):
     """One epoch over x in a random order; returns (mean loss, accuracy)."""
-    models.set_mode(model, run["mode"], training=True, frozen_bn=run["frozen_bn"])
+    models.set_mode(model, run.mode, training=True, frozen_bn=run.frozen_bn)
     criterion = nn.CrossEntropyLoss()
     n, bs = len(y), cfg["batch_size"]
     perm = torch.randperm(n, generator=gen).to(x.device)
@@ -110,14 +125,14 @@ def train(model, x, y, optimizer, cfg, repeat, gen, run):
         if cfg["augment"]:
             xb = augment(xb.float(), gen if xb.device.type == "cpu" else None)
         inp = _input(xb, repeat, run)
-        with torch.autocast(run["device"].type, dtype=torch.bfloat16, enabled=run["amp"]):
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
             out = model(inp)
         loss = criterion(out.float(), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total_loss += loss.detach() * len(idx)
-        correct += metrics.accuracy(out, yb)
+        correct += metrics.correct_count(out, yb)
         seen += len(idx)
     mean_loss = total_loss.item() / seen
     if not np.isfinite(mean_loss):
@@ -128,20 +143,20 @@ def train(model, x, y, optimizer, cfg, repeat, gen, run):
 @torch.inference_mode()
 def validate(model, x, y, repeat, run):
     """Mean loss, accuracy and the logits (float, on the CPU) over x."""
-    models.set_mode(model, run["mode"], training=False)
+    models.set_mode(model, run.mode, training=False)
     logits = []
     for xb in x.split(EVAL_BATCH):
         inp = _input(xb, repeat, run)
-        with torch.autocast(run["device"].type, dtype=torch.bfloat16, enabled=run["amp"]):
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
             logits.append(model(inp).float())
     logits = torch.cat(logits)
     loss = nn.functional.cross_entropy(logits, y).item()
-    return loss, metrics.accuracy(logits, y).item() / len(y), logits.cpu()
+    return loss, metrics.correct_count(logits, y).item() / len(y), logits.cpu()
 
 
 def _input(xb, repeat, run):
     """A batch as the network takes it: cached features as they are, images expanded and normalised."""
-    return xb if run["features"] else to_input(xb, repeat).contiguous(memory_format=run["fmt"])
+    return xb if run.features else to_input(xb, repeat).contiguous(memory_format=run.fmt)
 
 
 CHECKPOINTS = {"best": "best_loss", "bestacc": "best_acc", "final": "final"}  # result-key tag -> predictions name
@@ -214,6 +229,7 @@ def native_bf16(device):
         return torch.cuda.is_bf16_supported()
     if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
         return False  # kernels held to AVX2 (ATEN_CPU_CAPABILITY=avx2) emulate bf16 too
+    # Private, for want of a public way: torch has no public query of the CPU's bf16 instructions.
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 

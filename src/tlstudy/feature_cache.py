@@ -34,13 +34,14 @@ def applies(cfg):
 
 
 def for_splits(model, x, repeats, cfg, weights_source, run):
-    """{split: float32 features N x F on run["device"]} for the uint8 images `x`, and how many
-    of the splits came from the cache. `repeats` gives each split's repeat factors."""
+    """{split: float32 features N x F on run.device} for the uint8 images `x`, and how many
+    of the splits came from the cache. `repeats` gives each split's repeat factors; `run` is the
+    trial's tlstudy.train.RunContext (device and numerics)."""
     feats, hits = {}, 0
     for split, images in x.items():
         name = "features-" + key(images, repeats[split], cfg, weights_source, run)
         hits += (tldata.cache_dir() / f"{name}.pt").exists()
-        feats[split] = tldata.cached(name, lambda: extract(model, images, repeats[split], run)).to(run["device"])
+        feats[split] = tldata.cached(name, lambda: extract(model, images, repeats[split], run)).to(run.device)
     return feats, hits
 
 
@@ -52,7 +53,7 @@ def key(images, repeat, cfg, weights_source, run):
         weights = {"weights": weights_source, "file": [st.st_size, st.st_mtime_ns]}
     k = dict(arch=cfg["arch"], **weights, repeat=list(repeat), shape=list(images.shape),
              pixels=hashlib.sha1(images.contiguous().numpy().data).hexdigest(),
-             amp=run["amp"], channels_last=run["fmt"] == torch.channels_last, device=run["device"].type,
+             amp=run.amp, channels_last=run.fmt == torch.channels_last, device=run.device.type,
              torch=torch.__version__)
     return hashlib.sha1(json.dumps(k, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -66,8 +67,8 @@ def extract(model, images, repeat, run):
     hook = head.register_forward_pre_hook(lambda module, args: out.append(args[0].float().cpu()))
     try:
         for xb in images.split(BATCH):
-            inp = to_input(xb.to(run["device"]), repeat).contiguous(memory_format=run["fmt"])
-            with torch.autocast(run["device"].type, dtype=torch.bfloat16, enabled=run["amp"]):
+            inp = to_input(xb.to(run.device), repeat).contiguous(memory_format=run.fmt)
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
                 model(inp)
     finally:
         hook.remove()
