@@ -54,7 +54,8 @@ def learning_curves(per_trial, epochs, axes, path):
 
 def test_accuracy(rows, path):
     """Each cell's test accuracy over its replicates (best-val checkpoint) with its 95 % interval."""
-    r = rows.dropna(subset=["test_acc"]) if "test_acc" in rows else rows.iloc[0:0]
+    r = rows.dropna(subset=["test_acc"]) if "test_acc" in rows else \
+        rows.iloc[0:0].assign(test_acc=[], test_low=[], test_high=[], cell=[])
     fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(r), 2) + 1.2), dpi=90)
     y = range(len(r))
     ax.errorbar(r.test_acc, y, xerr=[(r.test_acc - r.test_low).clip(lower=0), (r.test_high - r.test_acc).clip(lower=0)],

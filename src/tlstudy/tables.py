@@ -86,6 +86,8 @@ def test_interval(reps, predictions):
     Wilson's for the test images of a single one."""
     p = None if predictions is None or not len(predictions) else predictions[
         predictions.number.isin(reps.number) & (predictions.checkpoint == "best_loss")]
+    if p is not None and "task" in reps and "study" in p:  # trial numbers repeat across compared studies
+        p = p[p.study.isin(reps.task.unique())]
     if len(reps) >= 2 and p is not None and p.number.nunique() == len(reps):
         est, lo, hi = inference.cell_interval(p, "acc")  # a t interval: it can pass 0 or 1 with few seeds
         return dict(test_acc=est, test_low=max(lo, 0.0), test_high=min(hi, 1.0), test_interval="seeds x images")
