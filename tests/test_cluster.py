@@ -77,7 +77,8 @@ def test_submit_runs_the_study_on_both_nodes(tmp_path):
         # actor has started, since these tiny trials are shorter than an actor's start-up.
         r = subprocess.run([sys.executable, str(ROOT / "study" / "submit.py"), "--cluster-address",
                             f"http://127.0.0.1:{port}", "--fetch-to", str(local), "--space", "taskE",
-                            "--results", str(on_cluster), *TINY, "--cpus-per-trial", "1", "--max-concurrent", "2",
+                            "--results", str(on_cluster), *TINY, "--budget", "1", "--seeds", "0", "--cpus-per-trial", "1",
+                            "--max-concurrent", "2",
                             "--seed", "3", "--verbose"],
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -19,7 +19,7 @@ def _lung_minus_abdomen(x):
     return x[:, lungs].mean(1) - x[:, abdomen].mean(1)
 
 
-def _corner_bright_pixels(x, level=130):
+def _corner_bright_pixels(x, level=200):
     """Per image: the most pixels above `level` in any of the four corner squares."""
     c = x.shape[-1] // 4
     x = x[:, 0]

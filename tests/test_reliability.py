@@ -112,7 +112,7 @@ def survivors(pgid):
 
 
 def cell_of(t):
-    return t.system_attrs.get("fixed_params", {}).get("out_features")
+    return t.params["out_features"], t.user_attrs["phase"]
 
 
 def count(trials, state):
@@ -121,19 +121,20 @@ def count(trials, state):
 
 # Kill points: (name, predicate over the stored trials that says the driver got there).
 KILL_POINTS = [
-    ("cells enqueued, no trial started", lambda ts: count(ts, TrialState.WAITING) >= 2),
+    ("study opened, no trial started", lambda ts: True),
     ("first trial mid-training", lambda ts: any(t.state == TrialState.RUNNING and t.intermediate_values for t in ts)),
     ("a trial finished, the next mid-training",
      lambda ts: count(ts, TrialState.COMPLETE) >= 1
      and any(t.state == TrialState.RUNNING and t.intermediate_values for t in ts)),
-    ("every trial finished, the driver reporting", lambda ts: count(ts, TrialState.COMPLETE) == 3),
+    ("every trial finished, the driver reporting", lambda ts: count(ts, TrialState.COMPLETE) == 4),
 ]
 
 
 def test_driver_killed_at_four_points_loses_nothing_and_repeats_nothing(tmp_path):
     write_space(tmp_path, "small", SMALL_SPACE)
     results = tmp_path / "results"
-    args = ["--space", "small", "--results", str(results), *TINY, *FAST, "--extra-samples", "1"]
+    # Per cell one search trial (the protocol) and one replicate: four trials in two phases.
+    args = ["--space", "small", "--results", str(results), *TINY, *FAST, "--budget", "1", "--seeds", "1"]
     finished, killed_running = {}, set()
     for point, predicate in KILL_POINTS:
         with open(tmp_path / "driver.log", "a") as log:
@@ -168,9 +169,9 @@ def test_driver_killed_at_four_points_loses_nothing_and_repeats_nothing(tmp_path
     for n in killed_running:
         assert by_number[n].state == TrialState.FAIL
         assert "driver that stopped" in by_number[n].user_attrs["fail_reason"]
-    # None ran twice: one finished trial per cell and one free trial.
+    # None ran twice: per cell one search trial and one replicate.
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert sorted(str(cell_of(t)) for t in done) == ["2", "3", "None"]
+    assert sorted(cell_of(t) for t in done) == [(2, "replicate"), (2, "search"), (3, "replicate"), (3, "search")]
     # The exports agree with the storage.
     table = pd.read_csv(results / "small" / "trials.csv").set_index("number")
     assert sorted(table.index) == sorted(by_number)
@@ -194,7 +195,8 @@ def test_failing_trials_are_contained_and_retried_while_optuna_dashboard_polls(t
     results = tmp_path / "results"
     port = free_port()
     log = open(tmp_path / "driver.log", "w")
-    proc = start(tmp_path, ["--space", "faulty", "--results", str(results), *TINY, *FAST, "--max-retries", "1"], log)
+    proc = start(tmp_path, ["--space", "faulty", "--results", str(results), *TINY, *FAST, "--max-retries", "1",
+                            "--budget", "1", "--seeds", "1", "--allow-failures"], log)
     dashboard, polls = None, []
     try:
         wait_for(proc, results, "faulty", lambda ts: len(ts) > 0)
@@ -225,12 +227,14 @@ def test_failing_trials_are_contained_and_retried_while_optuna_dashboard_polls(t
     trials = load(results, "faulty").trials
     good = [t for t in trials if t.params["lr"] == 1e-3]
     bad = [t for t in trials if t.params["lr"] == 1e8]
-    assert [t.state for t in good] == [TrialState.COMPLETE]
+    assert [t.state for t in good] == [TrialState.COMPLETE, TrialState.COMPLETE]  # the search trial, a replicate
     assert [t.state for t in bad] == [TrialState.FAIL, TrialState.FAIL]  # the first try and one retry
     for t in bad:
         assert "FloatingPointError: non-finite training loss" in t.user_attrs["fail_reason"]
     assert "retry 1 of 1" in out
     assert "failed trials: 2 (2 in this run)" in out and "2 x FloatingPointError" in out
+    # --allow-failures: the cell without replicates is a warning, named, and the run exits 0.
+    assert "WARNING: 1 cells ended without 1 COMPLETE replicates" in out and "lr=100000000.0" in out
 
 
 def _open_at(url, barrier, queue):

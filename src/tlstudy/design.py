@@ -68,7 +68,7 @@ def next_work(trials, cells, budget, seeds, protocol_params=None):
             have = _of(trials, label, SEARCH, FINISHED + LIVE)
             if len(have) <= i:
                 first = not any(t.user_attrs.get("protocol") for t in have)
-                params = {**cell, **protocol_params} if first else dict(cell)
+                params = {**protocol_params, **cell} if first else dict(cell)  # a cell's own values win
                 return Work(label, SEARCH, 0, params, protocol=first)
     waiting = False
     for label, cell in labels.items():

@@ -38,7 +38,7 @@ _SHIFT = {
     "noise": (0.03, 0.05),  # quantum noise, scaled by sqrt(signal)
     "contrast": 0.9,  # consolidations' contrast relative to train/val
     "marker": True,  # burned-in "R"/"L"
-    "marker_level": (150, 200),  # its grey level: a bright marker fooled models trained on tiled input most
+    "marker_level": (225, 255),  # its grey level
 }
 
 
