@@ -57,6 +57,9 @@ def test_a_failed_trial_runs_again_and_an_unfinished_cell_is_named():
     trials = [trial(A, "search", TrialState.FAIL, protocol=True)]
     work = design.next_work(trials, CELLS, budget=1, seeds=1)
     assert work.cell == A and work.protocol  # the failed protocol trial is not counted
+    # ... except by the run that started it: retries are the next run's.
+    work = design.next_work(trials, CELLS, budget=1, seeds=1, held={trials[0].number})
+    assert work.cell == B and work.protocol
     trials = [trial(A, "search", TrialState.COMPLETE, 0.1, protocol=True), trial(B, "search", TrialState.FAIL),
               trial(A, "replicate", TrialState.COMPLETE, 0.1, seed=1), trial(A, "replicate", TrialState.FAIL, seed=2)]
     assert design.incomplete_cells(trials, CELLS, seeds=2) == [A, B]

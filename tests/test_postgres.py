@@ -37,9 +37,9 @@ def study_name():
         pass
 
 
-def start(tmp_path, name, log):
+def start(tmp_path, name, log, design=("--budget", "2", "--seeds", "1")):
     args = ["--space", "small", "--study-name", name, "--storage", URL, "--results", str(tmp_path / "results"),
-            *TINY, *BOTH, "--budget", "2", "--seeds", "1"]
+            *TINY, *BOTH, *design]
     return subprocess.Popen([sys.executable, str(ROOT / "study" / "run.py"), *args], cwd=tmp_path,
                             stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -71,13 +71,15 @@ def test_two_drivers_on_one_study_keep_every_trial_of_both(tmp_path, study_name)
     (its heartbeats go on) and leave it alone, and both drivers' trials must all be stored."""
     write_space(tmp_path, "small", SMALL_SPACE)
     logs = [open(tmp_path / f"driver{i}.log", "w") for i in (1, 2)]
-    procs = [start(tmp_path, study_name, logs[0])]
+    # Enough trials (per cell 4 search, 2 replicates) that the second driver, starting later, finds work.
+    more = ("--budget", "4", "--seeds", "2")
+    procs = [start(tmp_path, study_name, logs[0], more)]
     try:
         deadline = time.time() + 300
         while not any(t.state == TrialState.RUNNING for t in _trials(study_name)):
             assert time.time() < deadline and procs[0].poll() is None, "the first driver never ran a trial"
             time.sleep(0.2)
-        procs.append(start(tmp_path, study_name, logs[1]))
+        procs.append(start(tmp_path, study_name, logs[1], more))
         codes = [p.wait(timeout=600) for p in procs]
     finally:
         for p in procs:
@@ -89,13 +91,13 @@ def test_two_drivers_on_one_study_keep_every_trial_of_both(tmp_path, study_name)
     assert "RUNNING: waiting" in outs[1] and "marked FAIL" not in outs[1]
     trials = optuna.load_study(study_name=study_name, storage=open_storage(URL)).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * len(trials)
-    # Both drivers ran trials, and between them the design's six, each once: a driver takes only
+    # Both drivers ran trials, and between them the design's twelve, each once: a driver takes only
     # the work the study still lacks when it asks.
     drivers = [t.user_attrs["driver"] for t in trials]
     for proc in procs:
         assert sum(d.endswith(f":{proc.pid}") for d in drivers) > 0
     work = sorted((t.params["out_features"], t.user_attrs["phase"], t.user_attrs["train_seed"]) for t in trials)
-    assert work == sorted([(o, "search", 0) for o in (2, 3)] * 2 + [(o, "replicate", 1) for o in (2, 3)])
+    assert work == sorted([(o, "search", 0) for o in (2, 3)] * 4 + [(o, "replicate", s) for o in (2, 3) for s in (1, 2)])
 
 
 def _trials(name):

@@ -46,9 +46,9 @@ class Work:
         return {"cell": self.cell, "phase": self.phase, "train_seed": self.train_seed, "protocol": self.protocol}
 
 
-def _of(trials, cell, phase, states):
+def _of(trials, cell, phase, states, held=()):
     return [t for t in trials if t.user_attrs.get("cell") == cell and t.user_attrs.get("phase") == phase
-            and t.state in states]
+            and (t.state in states or t.number in held)]
 
 
 def best_search_trial(trials, cell):
@@ -57,15 +57,17 @@ def best_search_trial(trials, cell):
     return min(done, key=lambda t: t.value) if done else None
 
 
-def next_work(trials, cells, budget, seeds, protocol_params=None):
+def next_work(trials, cells, budget, seeds, protocol_params=None, held=()):
     """The next trial the study needs, WAIT (a cell's replicates wait for its search to
     finish), or DONE. Search trials go round the cells (every cell's protocol trial first),
-    then replicates as each cell's search ends. A FAILed trial does not count: it runs again."""
+    then replicates as each cell's search ends. A FAILed trial does not count, so it runs
+    again, but not within the same run: trials numbered in `held` (those this driver already
+    started) count whatever their state; retries are the next run's (--max-retries)."""
     protocol_params = PROTOCOL if protocol_params is None else protocol_params
     labels = {cell_label(c): c for c in cells}
     for i in range(budget):
         for label, cell in labels.items():
-            have = _of(trials, label, SEARCH, FINISHED + LIVE)
+            have = _of(trials, label, SEARCH, FINISHED + LIVE, held)
             if len(have) <= i:
                 first = not any(t.user_attrs.get("protocol") for t in have)
                 params = {**protocol_params, **cell} if first else dict(cell)  # a cell's own values win
@@ -78,7 +80,8 @@ def next_work(trials, cells, budget, seeds, protocol_params=None):
         best = best_search_trial(trials, label)
         if best is None:
             continue  # every search trial failed or was pruned: nothing to replicate (reported at the end)
-        taken = {t.user_attrs.get("train_seed") for t in _of(trials, label, REPLICATE, (TrialState.COMPLETE,) + LIVE)}
+        taken = {t.user_attrs.get("train_seed")
+                 for t in _of(trials, label, REPLICATE, (TrialState.COMPLETE,) + LIVE, held)}
         for seed in range(1, seeds + 1):
             if seed not in taken:
                 return Work(label, REPLICATE, seed, dict(best.params))
@@ -96,8 +99,10 @@ def missing(trials, cells, budget, seeds):
 
 
 def incomplete_cells(trials, cells, seeds):
-    """The cells that ended with fewer than `seeds` COMPLETE replicates."""
-    return [c for c in map(cell_label, cells) if len(_of(trials, c, REPLICATE, (TrialState.COMPLETE,))) < seeds]
+    """The cells that ended with fewer than `seeds` COMPLETE replicates, and nothing still running
+    (another driver sharing the study may be finishing a cell)."""
+    return [c for c in map(cell_label, cells) if len(_of(trials, c, REPLICATE, (TrialState.COMPLETE,))) < seeds
+            and not any(t.user_attrs.get("cell") == c and t.state == TrialState.RUNNING for t in trials)]
 
 
 class CellView:

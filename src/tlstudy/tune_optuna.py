@@ -98,7 +98,8 @@ class OptunaPruningSearch(OptunaSearch):
         study = self._ot_study  # Ray internal: the optuna.Study OptunaSearch asks
         if self.plan is not None:
             cells, budget, seeds = self.plan
-            work = design.next_work(study.get_trials(deepcopy=False), cells, budget, seeds)
+            started = {t.number for t in self._ot_trials.values()}  # Ray internal: _ot_trials
+            work = design.next_work(study.get_trials(deepcopy=False), cells, budget, seeds, held=started)
             if work == design.WAIT:
                 return None
             if work == design.DONE:
