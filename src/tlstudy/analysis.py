@@ -275,6 +275,6 @@ class Page:
             return []
         return ["## Best configuration", "",
                 f"Trial #{best['trial']}: val loss {best['best_val_loss']:.4g}, test accuracy "
-                f"{tables._pct(best['test_best_acc'])} (`best_config.json`):", "",
+                f"{tables.pct(best['test_best_acc'])} (`best_config.json`):", "",
                 "```json", json.dumps(best["config"], indent=1), "```", "", "Re-run it as a single trial:", "",
                 "```bash", best["command"], "```", ""]

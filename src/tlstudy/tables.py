@@ -129,7 +129,7 @@ def label(row, axes):
     return ", ".join(f"{k}={row[k]}" for k in axes)
 
 
-def _pct(v):
+def pct(v):
     return "" if pd.isna(v) else f"{v:.2%}"
 
 
@@ -141,23 +141,23 @@ def _clock(s):
     return "" if pd.isna(s) else f"{int(s // 60)}:{int(round(s % 60)):02d}"
 
 
-def _sd(r, k, pct):
+def _sd(r, k, as_pct):
     sd = r.get(f"{k}_sd", np.nan)
-    return "" if pd.isna(sd) else f" ± {sd:.1%}" if pct else f" ± {sd:.2g}"
+    return "" if pd.isna(sd) else f" ± {sd:.1%}" if as_pct else f" ± {sd:.2g}"
 
 
 def report_columns(r):
     """The report's columns for one row, as text: a cell's replicate means (± sd over seeds),
     or a row of the report itself (the reference table's column names)."""
     get = lambda k: r.get(f"{k}_mean", r.get(k, np.nan))  # noqa: E731
-    test = _pct(r.get("test_acc", np.nan))
+    test = pct(r.get("test_acc", np.nan))
     if test and not pd.isna(r.get("test_low", np.nan)):
         test += f" [{r['test_low']:.1%}, {r['test_high']:.1%}]"
     epoch = "" if pd.isna(r.get("best_epoch", np.nan)) else \
         f"Epoch {int(r['best_epoch'])}/{int(r['epochs'])} ({_num(get('best_val_loss'))})"
     return dict(zip(COLUMNS, (_num(get("final_train_loss")) + _sd(r, "final_train_loss", False),
-                              _pct(get("best_train_acc")), _num(get("final_val_loss")),
-                              _pct(get("best_val_acc")) + _sd(r, "best_val_acc", True), epoch, test,
+                              pct(get("best_train_acc")), _num(get("final_val_loss")),
+                              pct(get("best_val_acc")) + _sd(r, "best_val_acc", True), epoch, test,
                               _clock(get("time_s")))))
 
 
@@ -167,7 +167,7 @@ def format_cells(rows, axes):
     for r in rows.to_dict("records"):  # not iterrows: it would turn the integers into floats
         row = {"cell": label(r, axes), **report_columns(r)}
         row["test sd (seeds)"] = "" if pd.isna(r.get("test_best_acc_sd", np.nan)) else f"{r['test_best_acc_sd']:.1%}"
-        row["balanced acc"] = _pct(r.get("test_best_balanced_acc_mean", np.nan))
+        row["balanced acc"] = pct(r.get("test_best_balanced_acc_mean", np.nan))
         row["val-test gap"] = "" if pd.isna(r.get("val_test_gap", np.nan)) else f"{r['val_test_gap']:+.1%}"
         row["replicates (seeds)"] = f"{r['replicates']} ({r['seeds']})" if r["replicates"] else "0"
         chosen = r.get("chosen_trial", np.nan)
