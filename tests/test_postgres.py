@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from tlstudy.storage import open_storage
 
-from test_reliability import ROOT, SMALL_SPACE, TINY, kill_group, write_space
+from test_reliability import ROOT, SMALL_SPACE, TINY, kill_group, run_to_end, write_space
 
 URL = os.environ.get("TLSTUDY_TEST_POSTGRES")
 pytestmark = pytest.mark.skipif(not URL, reason="no PostgreSQL server: set TLSTUDY_TEST_POSTGRES=postgresql://... "
@@ -46,12 +46,7 @@ def start(tmp_path, name, log, design=("--budget", "2", "--seeds", "1")):
 
 def test_study_in_postgres_reopens_in_another_process(tmp_path, study_name):
     write_space(tmp_path, "small", SMALL_SPACE)
-    with open(tmp_path / "driver.log", "w") as log:
-        proc = start(tmp_path, study_name, log)
-        try:
-            assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
-        finally:
-            kill_group(proc)
+    run_to_end(tmp_path, lambda log: start(tmp_path, study_name, log))
     code = textwrap.dedent(f"""
         import json, optuna
         from tlstudy.storage import open_storage

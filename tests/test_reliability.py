@@ -76,6 +76,16 @@ def wait_for(proc, results, name, predicate, timeout=300):
     pytest.fail(f"kill point not reached within {timeout} s")
 
 
+def run_to_end(tmp_path, launch):
+    """launch(log) a driver logging to tmp_path/driver.log, and check that it ends with status 0."""
+    with open(tmp_path / "driver.log", "a") as log:
+        proc = launch(log)
+        try:
+            assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        finally:
+            kill_group(proc)
+
+
 def kill_group(proc):
     """SIGKILL the driver's whole session (Ray's raylet, GCS and workers too), and check nothing survives."""
     try:
@@ -152,12 +162,7 @@ def test_driver_killed_at_four_points_loses_nothing_and_repeats_nothing(tmp_path
     assert killed_running, "no kill point caught a trial RUNNING"
 
     # The same command, once more, to the end.
-    with open(tmp_path / "driver.log", "a") as log:
-        proc = start(tmp_path, args, log)
-        try:
-            assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
-        finally:
-            kill_group(proc)
+    run_to_end(tmp_path, lambda log: start(tmp_path, args, log))
 
     study = load(results, "small")
     by_number = {t.number: t for t in study.trials}

@@ -106,7 +106,10 @@ def show_config(args):
           f"replicates of each cell's best (training seeds 1..{s['seeds']}); pruner {args.pruner}, within a cell")
     print(f"fixed: {json.dumps(base)}")
     print(f"protocol: {json.dumps(design.PROTOCOL)}")
-    print("searched: " + ", ".join(f"{k}={v}" for k, v in space.param_space.items()))
+    from ray.tune.search.optuna import OptunaSearch
+    print("searched (as Optuna distributions):")
+    for k, d in OptunaSearch.convert_search_space(space.param_space).items():
+        print(f"  {k}: {d}")
     print(f"cells ({len(space.cells)}):")
     for cell in space.cells:
         print(f"  {design.cell_label(cell)}")
