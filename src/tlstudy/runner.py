@@ -192,7 +192,8 @@ def measure_speed(study, space, base, s):
     """Time each architecture of a space whose cells differ in it (tlstudy.throughput), once per
     study: claim 1 compares architectures' training speed on this, not on trials' epoch times."""
     archs = sorted({a for (a,) in _choices(space, "arch")})
-    if len(archs) < 2 or base.get("mode") == "frozen" or study.user_attrs.get("throughput"):
+    stored = study.user_attrs.get("throughput")
+    if len(archs) < 2 or base.get("mode") == "frozen" or (stored and all("run" in r for r in stored)):
         return
     from tlstudy import throughput
     print(f"timing {', '.join(archs)}: {THROUGHPUT_STEPS} training steps x {THROUGHPUT_RUNS} runs each, "

@@ -29,7 +29,7 @@ def device_name():
 
 
 def measure(archs, image_size, batch_size=16, steps=5, runs=5, warmup=2, threads=1):
-    """Rows (arch, device, batch_size, image_size, repeat, s_per_step, threads, amp): `runs`
+    """Rows (arch, device, batch_size, image_size, repeat, run, s_per_step, threads, amp): `runs`
     timed runs of `steps` training steps per architecture, from a random init (weights do not
     change the arithmetic), on `threads` CPU threads as a one-CPU trial has."""
     before = torch.get_num_threads()
@@ -57,9 +57,10 @@ def measure(archs, image_size, batch_size=16, steps=5, runs=5, warmup=2, threads
                 t0 = time.perf_counter()
                 for _ in range(steps):
                     step()
+                # repeat: the input's repeat factors, part of the setting claims compare at (3 x S x S here)
                 rows.append(dict(arch=arch, device=device_name(), batch_size=batch_size, image_size=image_size,
-                                 repeat=run, s_per_step=(time.perf_counter() - t0) / steps, threads=threads,
-                                 amp=amp, pid=os.getpid()))
+                                 repeat="1,3,1,1", run=run, s_per_step=(time.perf_counter() - t0) / steps,
+                                 threads=threads, amp=amp, pid=os.getpid()))
     finally:
         torch.set_num_threads(before)
     return rows
