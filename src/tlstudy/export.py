@@ -22,6 +22,10 @@ from tlstudy.result_keys import HISTORY, TEST_BEST_ACC
 
 
 def trials_frame(study, fixed=None):
+    """A row per trial: its state and value, design attributes, the settings every trial shared
+    (the study's base_config: epochs, frozen_bn, ...; and the space's fixed ones), its parameters
+    and its user attributes."""
+    shared = {**study.user_attrs.get("base_config", {}), **(fixed or {})}
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = {k: v for k, v in t.user_attrs.items() if k != HISTORY}
@@ -29,7 +33,7 @@ def trials_frame(study, fixed=None):
                      "cell": attrs.pop("cell", None), "phase": attrs.pop("phase", None),
                      "train_seed": attrs.pop("train_seed", None),
                      "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
-                     **(fixed or {}), **t.params, **attrs})
+                     **shared, **t.params, **attrs})
     return pd.DataFrame(rows)
 
 
