@@ -100,3 +100,23 @@ def _trials(name):
         return optuna.load_study(study_name=name, storage=open_storage(URL)).trials
     except KeyError:  # not created yet
         return []
+
+
+def test_a_password_in_the_storage_url_leaves_no_trace(tmp_path, study_name):
+    """The server trusts local connections, so any password is accepted: one goes in the URL, and
+    nothing the study writes (results/, Ray's experiment folder, the study's attributes) holds it."""
+    secret = "S3cret-" + uuid.uuid4().hex[:6]
+    url = URL.replace("://tlstudy@", f"://tlstudy:{secret}@", 1)
+    assert secret in url
+    write_space(tmp_path, "small", SMALL_SPACE)
+    args = ["--space", "small", "--study-name", study_name, "--storage", url, "--results", str(tmp_path / "results"),
+            *TINY, *BOTH, "--budget", "1", "--seeds", "1"]
+    run_to_end(tmp_path, lambda log: subprocess.Popen([sys.executable, str(ROOT / "study" / "run.py"), *args],
+                                                      cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                                      start_new_session=True))
+    assert secret not in (tmp_path / "driver.log").read_text()
+    files = [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
+    assert len(files) > 10 and not [p for p in files if secret.encode() in p.read_bytes()]
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    stored = json.dumps([study.user_attrs, *[t.user_attrs for t in study.trials]], default=str)
+    assert secret not in stored and "***@" in study.user_attrs["command"]

@@ -94,6 +94,17 @@ class OptunaPruningSearch(OptunaSearch):
         super()._setup_study(mode)  # Ray internal (see the class docstring)
         self._ot_study.pruner = self.pruner  # Ray internal: _ot_study
 
+    def __getstate__(self):
+        # Tune pickles the searcher into its experiment folder (tuner.pkl, for Tuner.restore, which
+        # tlstudy never uses: a study resumes from its Optuna storage). The storage, and the study
+        # and trials that hold it, stay out: a storage URL may carry a password.
+        state = self.__dict__.copy()
+        state.update(_storage=None, _ot_study=None, _ot_trials={}, heartbeats=None)  # Ray internals, see above
+        return state
+
+    def save(self, checkpoint_path):
+        pass  # no searcher checkpoint: see __getstate__; the Optuna storage is the study's record
+
     def suggest(self, trial_id):
         study = self._ot_study  # Ray internal: the optuna.Study OptunaSearch asks
         if self.plan is not None:
