@@ -192,8 +192,7 @@ def measure_speed(study, space, base, s):
     """Time each architecture of a space whose cells differ in it (tlstudy.throughput), once per
     study: claim 1 compares architectures' training speed on this, not on trials' epoch times."""
     archs = sorted({a for (a,) in _choices(space, "arch")})
-    stored = study.user_attrs.get("throughput")
-    if len(archs) < 2 or base.get("mode") == "frozen" or (stored and all("run" in r for r in stored)):
+    if len(archs) < 2 or base.get("mode") == "frozen" or study.user_attrs.get("throughput"):
         return
     from tlstudy import throughput
     print(f"timing {', '.join(archs)}: {THROUGHPUT_STEPS} training steps x {THROUGHPUT_RUNS} runs each, "
