@@ -65,15 +65,22 @@ def trials_of(results, name):
         return None
 
 
-def wait_for(proc, results, name, predicate, timeout=300):
+def start_stopping_at(tmp_path, point, args, log):
+    """A driver that stops at `point` (tests/stopping_driver.py) and holds there for the kill."""
+    marker = tmp_path / "held"
+    marker.unlink(missing_ok=True)
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "stopping_driver.py"), point, "hold", str(marker),
+                             "--", *args], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True), marker
+
+
+def wait_held(proc, marker, timeout=300):
+    """Wait for the driver to reach its stopping point (it writes the marker and holds there)."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        trials = trials_of(results, name) if (results / "optuna.db").exists() else None
-        if trials is not None and predicate(trials):
-            return trials
-        assert proc.poll() is None, f"the driver ended (status {proc.returncode}) before the kill point"
+    while not marker.exists():
+        assert proc.poll() is None, f"the driver ended (status {proc.returncode}) before its stopping point"
+        assert time.time() < deadline, f"the driver did not reach its stopping point within {timeout} s"
         time.sleep(0.2)
-    pytest.fail(f"kill point not reached within {timeout} s")
 
 
 def run_to_end(tmp_path, launch):
@@ -129,15 +136,8 @@ def count(trials, state):
     return sum(t.state == state for t in trials)
 
 
-# Kill points: (name, predicate over the stored trials that says the driver got there).
-KILL_POINTS = [
-    ("study opened, no trial started", lambda ts: True),
-    ("first trial mid-training", lambda ts: any(t.state == TrialState.RUNNING and t.intermediate_values for t in ts)),
-    ("a trial finished, the next mid-training",
-     lambda ts: count(ts, TrialState.COMPLETE) >= 1
-     and any(t.state == TrialState.RUNNING and t.intermediate_values for t in ts)),
-    ("every trial finished, the driver reporting", lambda ts: count(ts, TrialState.COMPLETE) == 4),
-]
+# Kill points (tests/stopping_driver.py): the driver holds there, the test SIGKILLs it and its Ray.
+KILL_POINTS = ["opened", "first-running", "next-running", "reporting"]
 
 
 def test_driver_killed_at_four_points_loses_nothing_and_repeats_nothing(tmp_path):
@@ -146,17 +146,22 @@ def test_driver_killed_at_four_points_loses_nothing_and_repeats_nothing(tmp_path
     # Per cell one search trial (the protocol) and one replicate: four trials in two phases.
     args = ["--space", "small", "--results", str(results), *TINY, *FAST, "--budget", "1", "--seeds", "1"]
     finished, killed_running = {}, set()
-    for point, predicate in KILL_POINTS:
+    for point in KILL_POINTS:
         with open(tmp_path / "driver.log", "a") as log:
-            proc = start(tmp_path, args, log)
+            proc, marker = start_stopping_at(tmp_path, point, args, log)
             try:
-                trials = wait_for(proc, results, "small", predicate)
-                if any(t.intermediate_values for t in trials):  # Ray is up: it must listen on loopback only
+                wait_held(proc, marker)
+                if point != "opened":  # Ray is up: it must listen on loopback only
                     addresses = listening(proc.pid)
                     assert addresses and all(loopback(a) for a in addresses), addresses
             finally:
                 kill_group(proc)
         trials = load(results, "small").trials  # as the kill left them
+        running = [sorted(t.intermediate_values) for t in trials if t.state == TrialState.RUNNING]
+        if point in ("first-running", "next-running"):  # one trial at a time, killed after its epoch 2
+            assert running == [[1, 2]], running
+        if point == "reporting":
+            assert count(trials, TrialState.COMPLETE) == 4 and not running
         finished.update({t.number: t.value for t in trials if t.state == TrialState.COMPLETE})
         killed_running |= {t.number for t in trials if t.state == TrialState.RUNNING}
     assert killed_running, "no kill point caught a trial RUNNING"
@@ -204,7 +209,9 @@ def test_failing_trials_are_contained_and_retried_while_optuna_dashboard_polls(t
                             "--budget", "1", "--seeds", "1", "--allow-failures"], log)
     dashboard, polls = None, []
     try:
-        wait_for(proc, results, "faulty", lambda ts: len(ts) > 0)
+        while not (trials_of(results, "faulty") if (results / "optuna.db").exists() else None):
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.2)  # a trial exists: the study is open for optuna-dashboard to read
         dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"),
                                       f"sqlite:///{results / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlstudy import data, models, phantom, train
+from tlstudy import cli, data, models, phantom, train
 from tlstudy.errors import UserError
 from tlstudy.result_keys import BEST_VAL_LOSS, EPOCH_KEYS, PREDICTIONS, SUMMARY, TEST_BEST_ACC
 from tlstudy.transforms import IMAGENET_MEAN, IMAGENET_STD, to_input
@@ -159,12 +159,20 @@ def test_trial_cli_writes_json(tmp_path):
     (["--arch", "nosuchnet"], "unknown architecture"),
     (["--epochs", "x"], "--epochs: 'x' is not a whole number"),
 ])
-def test_trial_cli_bad_input_is_one_line_exit_2(args, message):
-    r = subprocess.run([sys.executable, str(ROOT / "study" / "trial.py"), "--image-size", "32", *args],
+def test_trial_cli_bad_input_is_one_line_exit_2(args, message, capsys):
+    # In this process: the same command as `tlstudy trial` (an uncaught exception would fail the
+    # test with its traceback); one of them below runs as its own process too.
+    with pytest.raises(SystemExit) as e:
+        cli.main(["trial", "--image-size", "32", *args])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_trial_script_bad_input_is_one_line_exit_2():
+    r = subprocess.run([sys.executable, str(ROOT / "study" / "trial.py"), "--image-size", "32", "--epochs", "x"],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and "--epochs: 'x' is not a whole number" in lines[0]
 
 
 @pytest.mark.gpu

@@ -156,8 +156,8 @@ class Page:
                   "figures are means over those replicates (± sd over seeds). Test accuracy is at the best-val-loss "
                   "checkpoint, with a 95 % interval over seeds and test images (`inference.cell_interval`: a t "
                   "interval with the seed and image variance; Wilson's interval over the test images when a cell "
-                  "has one replicate). Search trials' test figures are never used: they are in `trials.csv`, "
-                  "marked `phase=search`.", "", markdown(shown), ""]
+                  "has one replicate). Search trials never scored the test split: they were chosen on val loss "
+                  "alone.", "", markdown(shown), ""]
         gap = rows.dropna(subset=["val_test_gap"]) if "val_test_gap" in rows else rows.iloc[0:0]
         if len(gap):
             lines += ["## Val against test", "",

@@ -214,6 +214,7 @@ TRIAL_HELP = dict(
     amp="bf16 autocast: auto where the hardware has native bf16",
     channels_last="channels-last memory format: auto together with bf16",
     feature_cache="auto: a frozen trial without augmentation trains its head on cached features",
+    score_test="score the test split at the end (a study's search trials do not: they are chosen on val alone)",
 )
 
 

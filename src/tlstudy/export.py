@@ -70,7 +70,10 @@ def epochs_frame(study):
 
 
 def best_trial(study):
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    """The COMPLETE replicate with the lowest val loss (replicates carry the test figures), or in a
+    study without replicates the COMPLETE trial with the lowest val loss; never chosen on test."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = [t for t in done if t.user_attrs.get("phase") == "replicate"] or done
     return min(done, key=lambda t: t.value) if done else None
 
 

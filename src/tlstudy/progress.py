@@ -32,8 +32,8 @@ class Progress:
             best = self.best.get(cell)
             if best is None or value < best[0]:
                 self.best[cell] = best = (value, number)
-            result = (f"val_loss {value:.4f}, {epochs} epochs, test acc {test_acc:.1%}; "
-                      f"best in cell {best[0]:.4f} (#{best[1]})")
+            test = "" if test_acc is None else f", test acc {test_acc:.1%}"  # search trials score no test
+            result = f"val_loss {value:.4f}, {epochs} epochs{test}; best in cell {best[0]:.4f} (#{best[1]})"
         elif state == "PRUNED":
             result = f"pruned after {epochs} epochs"
         else:

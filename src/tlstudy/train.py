@@ -94,12 +94,16 @@ def fit(config, data):
                    val_acc=val_acc, lr=lr, epoch_s=time.perf_counter() - t0)
         history.append(rec)
         # The first epoch always makes a checkpoint, so a NaN first epoch still leaves one.
-        if not best["loss"] or val_loss < best["loss"]["val_loss"] or not np.isfinite(best["loss"]["val_loss"]):
-            best["loss"] = {"val_loss": val_loss, "epoch": epoch, "state": _state_copy(net)}
-        if not best["acc"] or val_acc > best["acc"]["val_acc"]:
-            best["acc"] = {"val_acc": val_acc, "epoch": epoch, "state": _state_copy(net)}
+        better_loss = not best["loss"] or val_loss < best["loss"]["val_loss"] or not np.isfinite(best["loss"]["val_loss"])
+        better_acc = not best["acc"] or val_acc > best["acc"]["val_acc"]
+        # One copy of the weights for both checkpoints, and none at the last epoch: the model holds them.
+        state = _state_copy(net) if (better_loss or better_acc) and epoch < cfg["epochs"] else None
+        if better_loss:
+            best["loss"] = {"val_loss": val_loss, "epoch": epoch, "state": state}
+        if better_acc:
+            best["acc"] = {"val_acc": val_acc, "epoch": epoch, "state": state}
         if epoch == cfg["epochs"]:
-            summary = summarize(net, x, y, data, best, history, eval_repeat, run)
+            summary = summarize(net, x, y, data, best, history, eval_repeat, run, cfg["score_test"])
             summary.update(wall_s=time.perf_counter() - t_start, startup_s=startup_s, build_s=build_s,
                            feature_cache=cache_use,
                            weights_source=weights_source, device=str(device), threads=torch.get_num_threads(), amp=amp,
@@ -162,23 +166,30 @@ def _input(xb, repeat, run):
 CHECKPOINTS = {"best": "best_loss", "bestacc": "best_acc", "final": "final"}  # result-key tag -> predictions name
 
 
-def summarize(model, x, y, data, best, history, eval_repeat, run):
-    """The trial's results: report-table figures, and test metrics and per-image predictions
-    at the final, best-val-loss and best-val-accuracy checkpoints."""
+def summarize(model, x, y, data, best, history, eval_repeat, run, score_test=True):
+    """The trial's results: report-table figures, and (score_test) test metrics and per-image
+    predictions at the final, best-val-loss and best-val-accuracy checkpoints."""
     out = dict(
         final_train_loss=history[-1]["train_loss"], final_val_loss=history[-1]["val_loss"],
         final_val_acc=history[-1]["val_acc"], best_train_acc=max(h["train_acc"] for h in history),
         best_val_acc=max(h["val_acc"] for h in history), best_val_loss=best["loss"]["val_loss"],
         best_epoch=best["loss"]["epoch"], best_acc_epoch=best["acc"]["epoch"], epochs=len(history),
     )
-    predictions = {}
-    for tag in ("final", "best", "bestacc"):
-        if tag != "final":
-            model.load_state_dict(best["loss" if tag == "best" else "acc"]["state"])
-        _, _, logits = validate(model, x["test"], y["test"], eval_repeat, run)
-        m = metrics.test_metrics(logits, data.y["test"], data.num_classes)
+    if not score_test:
+        return out
+    # The three checkpoints are often one epoch (the last, in a short trial): each distinct
+    # epoch's weights are scored once. The model holds the final epoch's weights on entry.
+    checkpoints = {"final": (len(history), None), "best": (best["loss"]["epoch"], best["loss"]["state"]),
+                   "bestacc": (best["acc"]["epoch"], best["acc"]["state"])}
+    logits_at, predictions = {}, {}
+    for tag, (epoch, state) in checkpoints.items():
+        if epoch not in logits_at:
+            if state is not None:
+                model.load_state_dict(state)
+            logits_at[epoch] = validate(model, x["test"], y["test"], eval_repeat, run)[2]
+        m = metrics.test_metrics(logits_at[epoch], data.y["test"], data.num_classes)
         out.update({f"test_{tag}_{k}": v for k, v in m.items()})
-        predictions[CHECKPOINTS[tag]] = metrics.predictions(logits, data.num_classes)
+        predictions[CHECKPOINTS[tag]] = metrics.predictions(logits_at[epoch], data.num_classes)
     # One string: Ray's loggers keep it as it is, where lists would be split or dropped.
     out["predictions"] = json.dumps(predictions, separators=(",", ":"))
     return out

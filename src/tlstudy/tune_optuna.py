@@ -122,6 +122,9 @@ class OptunaPruningSearch(OptunaSearch):
         ot_trial = self.optuna_trial(trial_id)
         if "train_seed" in ot_trial.user_attrs:
             config["train_seed"] = ot_trial.user_attrs["train_seed"]
+        # A search trial is chosen on val alone: it never looks at the test split.
+        if ot_trial.user_attrs.get("phase") == design.SEARCH:
+            config["score_test"] = False
         self.heartbeats.add(study.study_name, ot_trial.number)
         ot_trial.set_user_attr("driver", self.driver)
         return config
@@ -141,7 +144,7 @@ class OptunaPruningSearch(OptunaSearch):
             ot_trial.report(result[METRIC], result[STEP])
         except UpdateFinishedTrialError:
             return True  # another driver has failed it meanwhile (see on_trial_complete): stop it
-        if SUMMARY_TEST_BEST_ACC in result:  # the last epoch: nothing left to prune
+        if SUMMARY_BEST_VAL_LOSS in result:  # the last epoch: nothing left to prune
             return False
         if ot_trial.should_prune():
             self.pruned.add(trial_id)
@@ -176,7 +179,7 @@ class OptunaPruningSearch(OptunaSearch):
             artifacts.upload_learning_curve(self.artifact_dir, ot_trial, epochs)
         if trial_id in self.pruned:
             state, value = TrialState.PRUNED, None
-        elif error or not result or SUMMARY_TEST_BEST_ACC not in result:
+        elif error or not result or SUMMARY_BEST_VAL_LOSS not in result:
             # An error, or a trial stopped before its last epoch (Ctrl-C, a stopper): not a result.
             state, value = TrialState.FAIL, None
             reason = self.errors.get(trial_id) or ("error" if error else "stopped before its last epoch")

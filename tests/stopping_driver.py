@@ -1,0 +1,74 @@
+"""A study driver that stops itself at a named point of its run, whatever the machine's speed.
+
+    python tests/stopping_driver.py POINT ACTION MARKER -- tlstudy-run-flags...
+
+POINT, a point every run of a study reaches:
+- opened: the study is open and its data loaded, before Ray Tune starts;
+- first-running: the first trial has reported its second epoch (nothing COMPLETE yet);
+- next-running: a trial has reported its second epoch while another is COMPLETE;
+- first-complete: the searcher has told Optuna of the first COMPLETE trial;
+- reporting: every trial has finished and the driver starts its exports.
+ACTION:
+- sigint: the driver sends itself SIGINT, as Ctrl-C in its terminal would;
+- hold: the driver writes MARKER and waits there, in the middle of its work, for the test to
+  SIGKILL it (and its Ray, which shares its session) as a crash would.
+
+The tests used to poll the storage and signal the driver when they saw a state, which raced
+the trials: a fast machine finished the whole study first. Here the driver stops itself.
+"""
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from tlstudy import cli, runner, tune_optuna
+
+
+def stop_here(action, marker):
+    if action == "sigint":
+        os.kill(os.getpid(), signal.SIGINT)
+        return
+    Path(marker).write_text(str(os.getpid()))
+    while True:  # held until the test kills the driver's process group
+        time.sleep(60)
+
+
+def complete(searcher):
+    return searcher._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def install(point, action, marker):
+    stop = lambda *args, **kwargs: stop_here(action, marker)  # noqa: E731
+    if point == "opened":
+        runner.run_trials = stop
+    elif point == "reporting":
+        runner.report = stop
+    elif point in ("first-running", "next-running"):
+        record = tune_optuna.OptunaPruningSearch.record
+
+        def record_then_stop(self, trial_id, result):
+            prune = record(self, trial_id, result)
+            if result["epoch"] == 2 and bool(complete(self)) == (point == "next-running"):
+                stop()
+            return prune
+        tune_optuna.OptunaPruningSearch.record = record_then_stop
+    elif point == "first-complete":
+        told = tune_optuna.OptunaPruningSearch.on_trial_complete
+
+        def tell_then_stop(self, trial_id, result=None, error=False):
+            told(self, trial_id, result=result, error=error)
+            if complete(self):
+                stop()
+        tune_optuna.OptunaPruningSearch.on_trial_complete = tell_then_stop
+    else:
+        raise SystemExit(f"unknown point {point}")
+
+
+if __name__ == "__main__":
+    point, action, marker, sep, *flags = sys.argv[1:]
+    assert sep == "--", sys.argv
+    install(point, action, marker)
+    sys.exit(cli.main(["run", *flags]))
