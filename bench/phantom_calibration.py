@@ -2,7 +2,7 @@
 
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/phantom_calibration.py
 
-Runs tlstudy.train.fit on one thread (as a Ray trial with one CPU does) for the settings
+Runs tlstudy.training.loop.fit on one thread (as a Ray trial with one CPU does) for the settings
 of taskE's cells (plain, tiled train and val, tiled train only; 2 and 10 outputs) with the
 protocol's hyperparameters, and prints val accuracy, test balanced accuracy and seconds per
 trial. The environment variables above hold torch's kernels to AVX2, as on the project's
@@ -11,6 +11,7 @@ Another calibration: a JSON argument of overrides, e.g.
     python bench/phantom_calibration.py '{"lesion": {"strength": [0.5, 0.8]}, "profile": {"epochs": 4}}'
 
 """
+
 import itertools
 import json
 import sys
@@ -18,9 +19,9 @@ import time
 
 import torch
 
-from tlstudy import data, phantom
-from tlstudy.config import PROFILES, PROTOCOL
-from tlstudy.train import fit
+from tlstudy.data import phantom, splits
+from tlstudy.settings import PROFILES, PROTOCOL, DataSettings, TrialConfig
+from tlstudy.training.loop import fit
 
 PROFILE = dict(PROFILES["quick"])
 LESION, SHIFT = {}, {}  # overrides of phantom._LESION / phantom._SHIFT
@@ -32,27 +33,44 @@ def main(argv=sys.argv[1:]):
     PROFILE.update(over.get("profile", {}))
     LESION.update(over.get("lesion", {}))
     SHIFT.update(over.get("shift", {}))
-    settings = over.get("settings", [[2, ["1,3,1,1", "1,3,1,1"]], [2, ["1,3,3,1", "1,3,3,1"]],
-                                     [2, ["1,3,3,1", "1,3,1,1"]], [10, ["1,3,1,1", "1,3,1,1"]]])
+    settings = over.get(
+        "settings",
+        [
+            [2, ["1,3,1,1", "1,3,1,1"]],
+            [2, ["1,3,3,1", "1,3,3,1"]],
+            [2, ["1,3,3,1", "1,3,1,1"]],
+            [10, ["1,3,1,1", "1,3,1,1"]],
+        ],
+    )
     torch.set_num_threads(1)
     phantom._LESION.update(LESION)
     phantom._SHIFT.update(SHIFT)
-    n, m, t = PROFILE["phantom_sizes"]
-    splits = data.load("phantom", PROFILE["image_size"], seed=0, use_cache=False,
-                       phantom_sizes={"train": n, "val": m, "test": t})
-    splits = data.subsample_train(splits, PROFILE["max_train"], 0)
-    print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}; profile {PROFILE}; lesion {phantom._LESION}; "
-          f"shift {phantom._SHIFT}", flush=True)
+    data = DataSettings("phantom", PROFILE["image_size"], tuple(PROFILE["phantom_sizes"]), PROFILE["max_train"])
+    data_splits = splits.load(data, use_cache=False)
+    print(
+        f"cpu capability {torch.backends.cpu.get_cpu_capability()}; profile {PROFILE}; lesion {phantom._LESION}; "
+        f"shift {phantom._SHIFT}",
+        flush=True,
+    )
     for (out, (tr, ev)), seed in itertools.product(settings, over.get("seeds", SEEDS)):
-        cfg = dict(weights="none", out_features=out, train_repeat=tr, eval_repeat=ev, epochs=PROFILE["epochs"],
-                   step_size=PROFILE["step_size"], train_seed=seed, **{**PROTOCOL, **over.get("trial", {})})
+        cfg = dict(
+            weights="none",
+            out_features=out,
+            train_repeat=tr,
+            eval_repeat=ev,
+            epochs=PROFILE["epochs"],
+            step_size=PROFILE["step_size"],
+            train_seed=seed,
+            **{**PROTOCOL, **over.get("trial", {})},
+        )
         t0 = time.perf_counter()
-        for rec in fit(cfg, splits):
-            pass
-        s = rec["summary"]
-        print(f"out {out:2d} train {tr} eval {ev} seed {seed}: best val acc {s['best_val_acc']:.1%}  "
-              f"test acc {s['test_best_acc']:.1%}  balanced {s['test_best_balanced_acc']:.1%}  "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        s = list(fit(TrialConfig(**cfg), data_splits))[-1]["summary"]
+        print(
+            f"out {out:2d} train {tr} eval {ev} seed {seed}: best val acc {s['best_val_acc']:.1%}  "
+            f"test acc {s['test_best_acc']:.1%}  balanced {s['test_best_balanced_acc']:.1%}  "
+            f"{time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ several --src folders it runs the same study with each checkout's tlstudy, one a
 other, each between reference steps: the pair's ratio of wall times is the comparison.
 Prints a table and a JSON line (RESULT ...).
 """
+
 import argparse
 import json
 import os
@@ -40,9 +41,13 @@ def cpu_kind():
     except (OSError, StopIteration):
         pass
     native = " avx512_bf16" in flags or " amx_bf16" in flags
-    return {"cpu": model, "cores": os.cpu_count(), "avx512_bf16": native,
-            "torch_kernels": torch.backends.cpu.get_cpu_capability(),
-            "held": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "avx512_bf16": native,
+        "torch_kernels": torch.backends.cpu.get_cpu_capability(),
+        "held": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
+    }
 
 
 def reference_step(steps=20, warmup=3):
@@ -86,8 +91,12 @@ def run_study(src, space, flags, results):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="taskE")
-    p.add_argument("--src", action="append", help="a checkout's src/ folder whose tlstudy runs the study "
-                                                 "(repeatable: back to back; default: the installed tlstudy)")
+    p.add_argument(
+        "--src",
+        action="append",
+        help="a checkout's src/ folder whose tlstudy runs the study "
+        "(repeatable: back to back; default: the installed tlstudy)",
+    )
     p.add_argument("--keep", help="keep the results folders here (default: a temporary folder)")
     p.add_argument("flags", nargs="*", help="after --: flags for tlstudy run")
     args = p.parse_args()
@@ -96,18 +105,29 @@ def main():
     # A fresh data cache: every run decodes its data the same way, none finds another's features.
     os.environ.setdefault("TLSTUDY_CACHE_DIR", str(work / "cache"))
     out = {**cpu_kind(), "space": args.space, "flags": args.flags, "runs": []}
-    print(f"cpu: {out['cpu']}, {out['cores']} cores, avx512_bf16 {out['avx512_bf16']}, torch kernels "
-          f"{out['torch_kernels']}{' (held: ' + str(out['held']) + ')' if out['held'] else ''}", flush=True)
+    print(
+        f"cpu: {out['cpu']}, {out['cores']} cores, avx512_bf16 {out['avx512_bf16']}, torch kernels "
+        f"{out['torch_kernels']}{' (held: ' + str(out['held']) + ')' if out['held'] else ''}",
+        flush=True,
+    )
     ref = reference_step()
     for i, src in enumerate(args.src or [None]):
         wall, code = run_study(src, args.space, args.flags, work / f"run{i}")
         after = reference_step()
-        row = {"src": src or "installed", "wall_s": round(wall, 1), "exit_status": code,
-               "ref_step_before_ms": round(1000 * ref, 1), "ref_step_after_ms": round(1000 * after, 1),
-               "wall_in_ref_steps": round(wall / statistics.mean([ref, after]))}
+        row = {
+            "src": src or "installed",
+            "wall_s": round(wall, 1),
+            "exit_status": code,
+            "ref_step_before_ms": round(1000 * ref, 1),
+            "ref_step_after_ms": round(1000 * after, 1),
+            "wall_in_ref_steps": round(wall / statistics.mean([ref, after])),
+        }
         out["runs"].append(row)
-        print(f"{row['src']}: {args.space} {row['wall_s']} s (exit {code}); reference step {row['ref_step_before_ms']} "
-              f"-> {row['ref_step_after_ms']} ms; wall = {row['wall_in_ref_steps']} reference steps", flush=True)
+        print(
+            f"{row['src']}: {args.space} {row['wall_s']} s (exit {code}); reference step {row['ref_step_before_ms']} "
+            f"-> {row['ref_step_after_ms']} ms; wall = {row['wall_in_ref_steps']} reference steps",
+            flush=True,
+        )
         ref = after
     # Alternating runs (--src A --src B --src A --src B) spread the machine's drift over both sides:
     # each side's mean wall time, and the ratio of every later side's mean to the first side's.

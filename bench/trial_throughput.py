@@ -17,6 +17,7 @@ measured epoch (start-up + first epochs as measured, the rest at that epoch's co
 Each case and side runs in its own subprocess, so peak memory (ru_maxrss, the process
 plus its DataLoader workers) is the case's own. Prints a Markdown table and writes JSON.
 """
+
 import argparse
 import json
 import os
@@ -47,15 +48,17 @@ def write_jpegs(root):
     """The phantom splits as a chest_xray-layout folder of JPEGs (what both sides read)."""
     from PIL import Image
 
-    from tlstudy import phantom
+    from tlstudy.data import phantom
+
     for i, (split, n) in enumerate(SIZES.items()):
         # Rendered at half size (the phantom renderer is slow), enlarged to SOURCE_PX.
         x, y = phantom.make_split(n, SOURCE_PX // 2, 100 + i, shifted=(split == "test"), normal_fraction=0.3)
         for k, (img, label) in enumerate(zip(x, y)):
             folder = root / split / ("NORMAL", "PNEUMONIA")[label]
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img[0]).resize((SOURCE_PX, SOURCE_PX), Image.BICUBIC).save(folder / f"{k:05d}.jpeg",
-                                                                                       quality=90)
+            Image.fromarray(img[0]).resize((SOURCE_PX, SOURCE_PX), Image.BICUBIC).save(
+                folder / f"{k:05d}.jpeg", quality=90
+            )
 
 
 def place_weights(torch_home, archs):
@@ -63,7 +66,8 @@ def place_weights(torch_home, archs):
     import torch
     from torchvision.models import get_model
 
-    from tlstudy import models
+    from tlstudy.training import models
+
     os.environ["TORCH_HOME"] = str(torch_home)
     for arch in archs:
         path = Path(models.weights_file(arch, "IMAGENET1K_V1"))
@@ -74,26 +78,44 @@ def place_weights(torch_home, archs):
 
 def optimizer_config(mode):
     # The tutorial's settings: SGD lr 1e-3 momentum 0.9, StepLR(7, 0.1).
-    return dict(optimizer="sgd", lr=1e-3, momentum=0.9, schedule="step", step_size=7, gamma=0.1,
-                batch_size=BATCH, mode=mode)
+    return dict(
+        optimizer="sgd", lr=1e-3, momentum=0.9, schedule="step", step_size=7, gamma=0.1, batch_size=BATCH, mode=mode
+    )
 
 
 def run_tlstudy(root, arch, mode, size, epochs):
     import torch
 
-    from tlstudy import data as tldata
-    from tlstudy import train
+    from tlstudy.data import splits as tldata
+    from tlstudy.settings import DataSettings, TrialConfig
+    from tlstudy.training import loop
+
     t0 = time.perf_counter()
-    splits = tldata.load(root, size, min_val=0)  # decoded once per study, here from the warm disk cache
+    splits = tldata.load(DataSettings(str(root), size, min_val=0))  # decoded once per study: the warm disk cache
     load_s = time.perf_counter() - t0
-    cfg = dict(arch=arch, weights="IMAGENET1K_V1", weights_policy="strict", epochs=epochs, seed=0,
-               **optimizer_config(mode))
-    last = list(train.fit(cfg, splits))[-1]["summary"]
+    cfg = dict(
+        arch=arch,
+        weights="IMAGENET1K_V1",
+        weights_policy="strict",
+        epochs=epochs,
+        train_seed=0,
+        **optimizer_config(mode),
+    )
+    last = list(loop.fit(TrialConfig(**cfg), splits))[-1]["summary"]
     wall = time.perf_counter() - t0
-    return dict(wall_s=wall, epochs=epochs, epochs_measured=epochs, data_load_s=load_s,
-                startup_s=last["startup_s"], build_s=last["build_s"], feature_cache=last["feature_cache"],
-                amp=last["amp"], channels_last=last["channels_last"], threads=torch.get_num_threads(),
-                test_acc=last["test_best_acc"])
+    return dict(
+        wall_s=wall,
+        epochs=epochs,
+        epochs_measured=epochs,
+        data_load_s=load_s,
+        startup_s=last["startup_s"],
+        build_s=last["build_s"],
+        feature_cache=last["feature_cache"],
+        amp=last["amp"],
+        channels_last=last["channels_last"],
+        threads=torch.get_num_threads(),
+        test_acc=last["test_best_acc"],
+    )
 
 
 def run_naive(root, arch, mode, size, epochs):
@@ -104,21 +126,30 @@ def run_naive(root, arch, mode, size, epochs):
     from torch import nn
     from torchvision import datasets, transforms
     from torchvision.models import get_model
+
     t_start = time.perf_counter()
-    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    tf = transforms.Compose(
+        [
+            transforms.Resize((size, size)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     sets = {s: datasets.ImageFolder(root / s, tf) for s in SIZES}
     workers = min(4, os.cpu_count())  # the tutorial's num_workers=4, capped at the cores
-    loaders = {s: torch.utils.data.DataLoader(sets[s], batch_size=BATCH, shuffle=(s == "train"), num_workers=workers)
-               for s in SIZES}
+    loaders = {
+        s: torch.utils.data.DataLoader(sets[s], batch_size=BATCH, shuffle=(s == "train"), num_workers=workers)
+        for s in SIZES
+    }
     model = get_model(arch, weights="IMAGENET1K_V1")
     if mode == "frozen":
         for p in model.parameters():
             p.requires_grad = False
     model.fc = nn.Linear(model.fc.in_features, 2)
     cfg = optimizer_config(mode)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"],
-                                momentum=cfg["momentum"])
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg["lr"], momentum=cfg["momentum"]
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg["step_size"], gamma=cfg["gamma"])
     criterion = nn.CrossEntropyLoss()
     startup = time.perf_counter() - t_start
@@ -154,8 +185,17 @@ def run_naive(root, arch, mode, size, epochs):
             correct += int((model(inputs).argmax(1) == labels).sum())
     test_s = time.perf_counter() - t0
     wall = time.perf_counter() - t_start
-    out = dict(wall_s=wall, epochs=epochs, epochs_measured=epochs, startup_s=startup, epoch_s=epoch_s,
-               test_s=test_s, threads=torch.get_num_threads(), workers=workers, test_acc=correct / len(sets["test"]))
+    out = dict(
+        wall_s=wall,
+        epochs=epochs,
+        epochs_measured=epochs,
+        startup_s=startup,
+        epoch_s=epoch_s,
+        test_s=test_s,
+        threads=torch.get_num_threads(),
+        workers=workers,
+        test_acc=correct / len(sets["test"]),
+    )
     return out
 
 
@@ -177,12 +217,13 @@ def child(args):
 
 
 def sub(args, *extra, env=None):
-    r = subprocess.run([sys.executable, __file__, *extra], capture_output=True, text=True,
-                       env={**os.environ, **(env or {})})
+    r = subprocess.run(
+        [sys.executable, __file__, *extra], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     if r.returncode or not lines:
         raise RuntimeError(f"{extra} failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def study_overhead(tmp):
@@ -190,6 +231,7 @@ def study_overhead(tmp):
     import ray
 
     from tlstudy import cli
+
     results = Path(tmp) / "study"
     t0 = time.perf_counter()
     try:
@@ -206,6 +248,7 @@ def overhead(folder, slots):
     import itertools
 
     import pandas as pd
+
     trials = pd.read_csv(folder / "trials.csv", parse_dates=["datetime_start", "datetime_complete"])
     epochs = pd.read_csv(folder / "epochs.csv")
     # A pruned trial has no summary, hence no wall_s: its time in fit() is the sum of its epochs.
@@ -213,10 +256,15 @@ def overhead(folder, slots):
     start, end = trials.datetime_start, trials.datetime_complete
     life = (end - start).dt.total_seconds()  # Optuna's ask to tell: pending and start-up included
     events = sorted([(t, 1) for t in start] + [(t, -1) for t in end])
-    return dict(trials=len(trials), states=trials.state.value_counts().to_dict(), slots=slots,
-                sum_trial_wall_s=float(in_fit.sum()), sum_trial_life_s=float(life.sum()),
-                trials_span_s=(end.max() - start.min()).total_seconds(),
-                max_alive=int(max(itertools.accumulate(d for _, d in events))))
+    return dict(
+        trials=len(trials),
+        states=trials.state.value_counts().to_dict(),
+        slots=slots,
+        sum_trial_wall_s=float(in_fit.sum()),
+        sum_trial_life_s=float(life.sum()),
+        trials_span_s=(end.max() - start.min()).total_seconds(),
+        max_alive=int(max(itertools.accumulate(d for _, d in events))),
+    )
 
 
 def handover():
@@ -224,10 +272,16 @@ def handover():
     import ray
     import torch
 
-    from tlstudy.data import Splits
+    from tlstudy.data.splits import Splits
+
     n = {"train": 5216, "val": 522, "test": 624}
-    splits = Splits({s: torch.zeros(k, 1, 224, 224, dtype=torch.uint8) for s, k in n.items()},
-                    {s: torch.zeros(k, dtype=torch.long) for s, k in n.items()}, ["NORMAL", "PNEUMONIA"], "zeros", "x")
+    splits = Splits(
+        {s: torch.zeros(k, 1, 224, 224, dtype=torch.uint8) for s, k in n.items()},
+        {s: torch.zeros(k, dtype=torch.long) for s, k in n.items()},
+        ["NORMAL", "PNEUMONIA"],
+        "zeros",
+        "x",
+    )
 
     @ray.remote(num_cpus=1)
     def touch(data):
@@ -256,7 +310,8 @@ def startup_parts():
     import torch
     from torchvision.models import get_model
 
-    from tlstudy import models
+    from tlstudy.training import models
+
     out = {}
     for arch in ("resnet18", "resnext50_32x4d", "resnet101"):
         place_weights(os.environ["TORCH_HOME"], [arch])
@@ -275,10 +330,18 @@ def startup_parts():
 
 def machine():
     import torch
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
-                load_avg_at_start=os.getloadavg())
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    return dict(
+        cpu=cpu,
+        cores=os.cpu_count(),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        load_avg_at_start=os.getloadavg(),
+    )
 
 
 def main():
@@ -297,12 +360,16 @@ def main():
         return child(args)
     if args.part:
         return {"study": study_overhead, "handover": handover, "startup": startup_parts}[args.part](
-            *([args.root] if args.part == "study" else []))
+            *([args.root] if args.part == "study" else [])
+        )
 
     with tempfile.TemporaryDirectory(prefix="tlstudy-bench-") as tmp:
         tmp = Path(tmp)
-        env = {"TLSTUDY_CACHE_DIR": str(tmp / "cache"), "TORCH_HOME": str(tmp / "torch"),
-               "PYTHONPATH": str(ROOT / "src")}
+        env = {
+            "TLSTUDY_CACHE_DIR": str(tmp / "cache"),
+            "TORCH_HOME": str(tmp / "torch"),
+            "PYTHONPATH": str(ROOT / "src"),
+        }
         os.environ.update(env)
         report = {"machine": machine(), "command": " ".join(["python"] + sys.argv), "cases": {}}
         t0 = time.perf_counter()
@@ -310,22 +377,31 @@ def main():
             write_jpegs(tmp / "jpeg")
             place_weights(tmp / "torch", sorted({c[0] for c in CASES.values()}))
         report["jpeg_write_s"] = time.perf_counter() - t0
-        from tlstudy import data as tldata
+        from tlstudy.data import splits as tldata
+        from tlstudy.settings import DataSettings
+
         for size in sorted({CASES[c][2] for c in args.cases}):
             t0 = time.perf_counter()
-            tldata.load(tmp / "jpeg", size, min_val=0)  # tlstudy's one decode per study, cached on disk
+            tldata.load(
+                DataSettings(str(tmp / "jpeg"), size, min_val=0)
+            )  # tlstudy's one decode per study, cached on disk
             report[f"decode_once_{size}px_s"] = time.perf_counter() - t0
         for name in args.cases:
             arch, mode, size, epochs = CASES[name]
-            r = {side: sub(args, "--case", name, "--side", side, "--root", str(tmp), env=env)
-                 for side in ("naive", "tlstudy")}
+            r = {
+                side: sub(args, "--case", name, "--side", side, "--root", str(tmp), env=env)
+                for side in ("naive", "tlstudy")
+            }
             images = epochs * (SIZES["train"] + SIZES["val"])
             r["ratio"] = r["naive"]["wall_s"] / r["tlstudy"]["wall_s"]
             for side in ("naive", "tlstudy"):
                 r[side]["images_per_s"] = images / r[side]["wall_s"]
             report["cases"][name] = r
-            print(f"{name}: naive {r['naive']['wall_s']:.1f} s, tlstudy {r['tlstudy']['wall_s']:.1f} s, "
-                  f"ratio {r['ratio']:.1f}x", flush=True)
+            print(
+                f"{name}: naive {r['naive']['wall_s']:.1f} s, tlstudy {r['tlstudy']['wall_s']:.1f} s, "
+                f"ratio {r['ratio']:.1f}x",
+                flush=True,
+            )
             Path(args.json).write_text(json.dumps(report, indent=1))  # as it goes: a long run may be cut short
         if not args.skip_study:
             report["study"] = sub(args, "--part", "study", "--root", str(tmp), env=env)
@@ -339,21 +415,30 @@ def main():
 
 
 def table(report):
-    rows = ["| case | epochs | naive s | tlstudy s | ratio | naive img/s | tlstudy img/s | naive peak MB "
-            "(+workers) | tlstudy peak MB | tlstudy start-up s |", "|" + "---|" * 10]
+    rows = [
+        "| case | epochs | naive s | tlstudy s | ratio | naive img/s | tlstudy img/s | naive peak MB "
+        "(+workers) | tlstudy peak MB | tlstudy start-up s |",
+        "|" + "---|" * 10,
+    ]
     for name, r in report["cases"].items():
         n, t = r["naive"], r["tlstudy"]
-        epochs = f"{n['epochs']}" + (f" (naive: {NAIVE_FROZEN_EPOCHS} measured, extrapolated)" if n.get("extrapolated") else "")
-        rows.append(f"| {name} | {epochs} | {n['wall_s']:.1f} | {t['wall_s']:.1f} | **{r['ratio']:.1f}x** | "
-                    f"{n['images_per_s']:.0f} | {t['images_per_s']:.0f} | {n['maxrss_mb']:.0f} (+{n['workers_maxrss_mb']:.0f}) | "
-                    f"{t['maxrss_mb']:.0f} | {t['startup_s']:.2f} |")
+        epochs = f"{n['epochs']}" + (
+            f" (naive: {NAIVE_FROZEN_EPOCHS} measured, extrapolated)" if n.get("extrapolated") else ""
+        )
+        rows.append(
+            f"| {name} | {epochs} | {n['wall_s']:.1f} | {t['wall_s']:.1f} | **{r['ratio']:.1f}x** | "
+            f"{n['images_per_s']:.0f} | {t['images_per_s']:.0f} | {n['maxrss_mb']:.0f} (+{n['workers_maxrss_mb']:.0f}) | "
+            f"{t['maxrss_mb']:.0f} | {t['startup_s']:.2f} |"
+        )
     s = report.get("study")
     if s:
         busy, wall = s["sum_trial_wall_s"], s["study_wall_s"]
-        rows.append(f"\nquick taskE study: {wall:.0f} s wall, {s['trials']} trials {s['states']}; time in the "
-                    f"trials' fit() {busy:.0f} s: 1 - sum/wall = {1 - busy / wall:.1%}; over {s['slots']} slots "
-                    f"{1 - busy / (s['slots'] * wall):.1%} of the slot time outside fit(); span of the trials "
-                    f"{s['trials_span_s']:.0f} s, at most {s['max_alive']} alive at once")
+        rows.append(
+            f"\nquick taskE study: {wall:.0f} s wall, {s['trials']} trials {s['states']}; time in the "
+            f"trials' fit() {busy:.0f} s: 1 - sum/wall = {1 - busy / wall:.1%}; over {s['slots']} slots "
+            f"{1 - busy / (s['slots'] * wall):.1%} of the slot time outside fit(); span of the trials "
+            f"{s['trials_span_s']:.0f} s, at most {s['max_alive']} alive at once"
+        )
     return "\n".join(rows)
 
 

@@ -1,4 +1,5 @@
 """Task B, fine-tuning the ConvNet: resnext50_32x4d / resnet101 from IMAGENET1K_V1 or V2 weights."""
+
 from ray import tune
 
 from tlstudy.spaces import product, training_space

@@ -1,4 +1,5 @@
 """Task C, the ConvNet as a fixed feature extractor: frozen resnext50_32x4d / resnet101 (V1 or V2), only fc trains."""
+
 from ray import tune
 
 from tlstudy.spaces import product, training_space

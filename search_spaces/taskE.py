@@ -1,4 +1,5 @@
 """Task E, resnet18 (IMAGENET1K_V1, fine-tuned): fc out_features 2/6/10 x train/val input repeat factors."""
+
 from ray import tune
 
 from tlstudy.spaces import training_space

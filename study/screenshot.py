@@ -5,6 +5,7 @@ Starts `tlstudy dashboard` on a free loopback port over the study's storage, has
 Chromium render the study's page (Debian: apt-get install chromium), saves it as a
 palette PNG, and stops the dashboard. For the README; not part of the tests.
 """
+
 import argparse
 import json
 import os
@@ -19,8 +20,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from tlstudy.errors import ArgumentParser, UserError, run_cli
-
+from tlstudy.cli.commands import run_cli
+from tlstudy.cli.parsers import ArgumentParser
+from tlstudy.errors import UserError
 
 
 def free_port():
@@ -41,21 +43,36 @@ def wait_for_api(port, proc, timeout=60):
 
 
 def main(argv=None):
-    p = ArgumentParser(prog="study/screenshot.py", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(
+        prog="study/screenshot.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--space", required=True, help="the study to show (its name, as in tlstudy run)")
     p.add_argument("--results", default="results")
     p.add_argument("--storage", help="default sqlite:///RESULTS/optuna.db")
-    p.add_argument("--page", choices=("study", "trials"), default="study",
-                   help="the study's overview (history, importances, timeline) or its trial list (with the learning curves)")
+    p.add_argument(
+        "--page",
+        choices=("study", "trials"),
+        default="study",
+        help="the study's overview (history, importances, timeline) or its trial list (with the learning curves)",
+    )
     p.add_argument("--out", default="docs/dashboard.png")
     p.add_argument("--size", default="1280,860", help="window width,height in pixels")
     p.add_argument("--chromium", default="chromium", help="the Chromium binary")
     p.add_argument("--wait-ms", type=int, default=15000, help="virtual time Chromium gives the page to render")
     args = p.parse_args(argv)
     port = free_port()
-    cmd = [sys.executable, "-m", "tlstudy", "dashboard", "--space", args.space, "--results", args.results,
-           "--port", str(port)] + (["--storage", args.storage] if args.storage else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "tlstudy",
+        "dashboard",
+        "--space",
+        args.space,
+        "--results",
+        args.results,
+        "--port",
+        str(port),
+    ] + (["--storage", args.storage] if args.storage else [])
     dash = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = dash.stdout.readline()
@@ -68,10 +85,23 @@ def main(argv=None):
             shot = Path(tmp) / "shot.png"
             try:
                 # --no-sandbox: Chromium's sandbox refuses to run as root (containers, CI).
-                subprocess.run([args.chromium, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
-                                f"--user-data-dir={tmp}/profile", f"--window-size={args.size}",
-                                f"--virtual-time-budget={args.wait_ms}", f"--screenshot={shot}", url],
-                               capture_output=True, timeout=180, check=True)
+                subprocess.run(
+                    [
+                        args.chromium,
+                        "--headless",
+                        "--disable-gpu",
+                        "--no-sandbox",
+                        "--hide-scrollbars",
+                        f"--user-data-dir={tmp}/profile",
+                        f"--window-size={args.size}",
+                        f"--virtual-time-budget={args.wait_ms}",
+                        f"--screenshot={shot}",
+                        url,
+                    ],
+                    capture_output=True,
+                    timeout=180,
+                    check=True,
+                )
             except FileNotFoundError:
                 raise UserError(f"no {args.chromium}: apt-get install chromium, or pass --chromium PATH") from None
             except subprocess.CalledProcessError as e:

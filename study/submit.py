@@ -2,6 +2,7 @@
 
 A thin wrapper kept for checkouts and old commands: the code lives in the package (tlstudy.cli).
 """
+
 import sys
 
 from tlstudy import cli

@@ -1,5 +1,12 @@
+"""Fixtures and helpers the test modules share (import the plain helpers: `from conftest import ...`)."""
+
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 # Ray must stay on loopback; the variable only works when set before ray is imported.
@@ -7,8 +14,19 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 import pytest  # noqa: E402
 
+ROOT = Path(__file__).parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 XRAYS = FIXTURES / "chest_xray_sample"
+# A study small enough for a test: 16 px phantoms, 48 training images, 3 epochs.
+TINY = ["--image-size", "16", "--phantom-sizes", "48,40,40", "--max-train", "48", "--epochs", "3"]
+# Two cells: resnet18 from scratch with 2 or 3 outputs.
+SMALL_SPACE = '''"""Two cells: resnet18 from scratch with 2 or 3 outputs."""
+from ray import tune
+from tlstudy.spaces import training_space
+FIXED = dict(arch="resnet18", weights="none")
+CELLS = [dict(out_features=2), dict(out_features=3)]
+PARAM_SPACE = {**training_space(), "out_features": tune.choice([2, 3])}
+'''
 
 
 @pytest.fixture(autouse=True)
@@ -33,9 +51,81 @@ def xray_folder(tmp_path):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the whole test session, sized for 2 cores, on loopback."""
+    """One local Ray for the whole test session (or xdist worker), sized for 2 cores, on loopback."""
     import ray
+
     # address="local": otherwise ray.init joins any Ray already running on the machine.
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+# ---------------------------------------------------------------- plain helpers
+
+
+def load_data(source, image_size, *, phantom_sizes=(180, 100, 200), use_cache=True, **settings):
+    """tlstudy.data.splits.load of a source at a size, the other DataSettings as keywords."""
+    from tlstudy.data import splits
+    from tlstudy.settings import DataSettings
+
+    return splits.load(
+        DataSettings(source=str(source), image_size=image_size, phantom_sizes=tuple(phantom_sizes), **settings),
+        use_cache=use_cache,
+    )
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_study(results, name):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{results / 'optuna.db'}")
+
+
+def write_space(folder, name, text):
+    """A space file in folder/search_spaces/, found by name as a user's own space would be."""
+    (folder / "search_spaces").mkdir(exist_ok=True)
+    (folder / "search_spaces" / f"{name}.py").write_text(text)
+
+
+def start(folder, args, log):
+    """study/run.py ARGS in a session of its own (its Ray with it), so a test can SIGKILL them together."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "study" / "run.py"), *args],
+        cwd=folder,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def run_to_end(folder, launch):
+    """launch(log) a driver logging to folder/driver.log, and check that it ends with status 0."""
+    with open(folder / "driver.log", "a") as log:
+        proc = launch(log)
+        try:
+            assert proc.wait(timeout=600) == 0, (folder / "driver.log").read_text()[-3000:]
+        finally:
+            kill_group(proc)
+
+
+def survivors(pgid):
+    r = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
+    return r.stdout.split()
+
+
+def kill_group(proc):
+    """SIGKILL the driver's whole session (Ray's raylet, GCS and workers too), and check nothing survives."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+    deadline = time.time() + 30
+    while survivors(proc.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not survivors(proc.pid), survivors(proc.pid)

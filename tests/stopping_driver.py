@@ -16,6 +16,7 @@ ACTION:
 The tests used to poll the storage and signal the driver when they saw a state, which raced
 the trials: a fast machine finished the whole study first. Here the driver stops itself.
 """
+
 import os
 import signal
 import sys
@@ -24,7 +25,9 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from tlstudy import cli, runner, tune_optuna
+from tlstudy import cli
+from tlstudy.analysis import report
+from tlstudy.study import runner, search
 
 
 def stop_here(action, marker):
@@ -45,24 +48,26 @@ def install(point, action, marker):
     if point == "opened":
         runner.run_trials = stop
     elif point == "reporting":
-        runner.report = stop
+        report.report_run = stop
     elif point in ("first-running", "next-running"):
-        record = tune_optuna.OptunaPruningSearch.record
+        record = search.OptunaPruningSearch.record
 
         def record_then_stop(self, trial_id, result):
             prune = record(self, trial_id, result)
             if result["epoch"] == 2 and bool(complete(self)) == (point == "next-running"):
                 stop()
             return prune
-        tune_optuna.OptunaPruningSearch.record = record_then_stop
+
+        search.OptunaPruningSearch.record = record_then_stop
     elif point == "first-complete":
-        told = tune_optuna.OptunaPruningSearch.on_trial_complete
+        told = search.OptunaPruningSearch.on_trial_complete
 
         def tell_then_stop(self, trial_id, result=None, error=False):
             told(self, trial_id, result=result, error=error)
             if complete(self):
                 stop()
-        tune_optuna.OptunaPruningSearch.on_trial_complete = tell_then_stop
+
+        search.OptunaPruningSearch.on_trial_complete = tell_then_stop
     else:
         raise SystemExit(f"unknown point {point}")
 

@@ -1,16 +1,25 @@
-"""tlstudy.claims: the report's claims, as rows of claims.csv, judged on simulated replicates."""
+"""tlstudy.analysis.claims: the report's claims, as rows of claims.csv, judged on simulated replicates."""
+
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from test_inference import draw_images, frame_of, mc_bound, simulate
 
-from tlstudy import claims, inference
+from tlstudy.analysis import claims, statistics
+from tlstudy.settings import Cell
+
+from test_statistics import draw_images, frame_of, mc_bound, simulate
 
 REPORT = Path(__file__).resolve().parents[2] / "shared" / "seed" / "homework4_report.md"
-DEFAULTS = dict(arch="resnet18", weights="IMAGENET1K_V1", mode="finetune", out_features=2,
-                train_repeat="1,3,1,1", eval_repeat="1,3,1,1")
+DEFAULTS = dict(
+    arch="resnet18",
+    weights="IMAGENET1K_V1",
+    mode="finetune",
+    out_features=2,
+    train_repeat="1,3,1,1",
+    eval_repeat="1,3,1,1",
+)
 STUDY = dict(data_fingerprint="f00d", data_source="/data/chest_xray", image_size=224, profile="report", epochs=30)
 
 
@@ -27,9 +36,17 @@ def world(rng, cells, n_seeds=3, seed_sd=0.01):
         preds.append(frame_of(correct, images[0], study=study, start=start))
         source = params.get("weights", DEFAULTS["weights"]) if params.get("weights") != "none" else "none"
         for i in range(k + 2):
-            trials.append(dict(study=study, number=start + i, state="FAIL" if i == k + 1 else "COMPLETE",
-                               phase="search" if i == k else "replicate", train_seed=i, weights_source=source,
-                               **{**DEFAULTS, **params}))
+            trials.append(
+                dict(
+                    study=study,
+                    number=start + i,
+                    state="FAIL" if i == k + 1 else "COMPLETE",
+                    phase="search" if i == k else "replicate",
+                    train_seed=i,
+                    weights_source=source,
+                    **{**DEFAULTS, **params},
+                )
+            )
         count[study] = start + k + 2
     return pd.DataFrame(trials), pd.concat(preds, ignore_index=True), {s: dict(STUDY) for s in count}
 
@@ -42,7 +59,7 @@ def report_cells(table, acc=None):
             continue
         for side in ("a", "b"):
             key = (r[f"study_{side}"], r[f"cell_{side}"])
-            seen[key] = (key[0], claims.parse_cell(key[1]), (acc or {}).get(key[0], 0.8))
+            seen[key] = (key[0], Cell.parse(key[1]).as_dict(), (acc or {}).get(key[0], 0.8))
     return list(seen.values())
 
 
@@ -73,7 +90,7 @@ def test_every_report_claim_is_judged(report):
     assert o.loc["1", "verdict"] == "void" and "no throughput" in o.loc["1", "reason"]
     assert o.loc[["5a", "5b"], "margin"].eq(0.02).all() and o.loc[["2a", "6"], "margin"].isna().all()
     judged = out[out.verdict != "void"]
-    assert judged.p_holm.to_numpy() == pytest.approx(inference.holm(judged.p.to_numpy()))
+    assert judged.p_holm.to_numpy() == pytest.approx(statistics.holm(judged.p.to_numpy()))
     assert out[out.verdict == "void"][["p", "p_holm"]].isna().all(axis=None)
     assert (judged.p_holm >= judged.p).all()
 
@@ -82,9 +99,22 @@ def test_direction_decides_between_supported_and_contradicted():
     rng = np.random.default_rng(2)
     e = lambda o: dict(out_features=o)
     trials, preds, studies = world(rng, [("taskE", e(2), 0.80), ("taskE", e(6), 0.72)], n_seeds=4)
-    rows = pd.DataFrame([dict(claim=c, group="9", study_a="taskE", cell_a="out_features=6", study_b="taskE",
-                              cell_b="out_features=2", metric="acc", direction=d, about="")
-                         for c, d in (("up", "greater"), ("down", "less"), ("same", "equivalent"))])
+    rows = pd.DataFrame(
+        [
+            dict(
+                claim=c,
+                group="9",
+                study_a="taskE",
+                cell_a="out_features=6",
+                study_b="taskE",
+                cell_b="out_features=2",
+                metric="acc",
+                direction=d,
+                about="",
+            )
+            for c, d in (("up", "greater"), ("down", "less"), ("same", "equivalent"))
+        ]
+    )
     o = by_claim(claims.evaluate(rows, trials, preds, studies))
     assert o.verdict.to_dict() == {"up": "contradicted", "down": "supported", "same": "contradicted"}
 
@@ -92,18 +122,48 @@ def test_direction_decides_between_supported_and_contradicted():
 def test_throughput_claim_uses_one_common_setting():
     table = claims.load()
     rng = np.random.default_rng(3)
+
     def run(arch, mean, n, device="cuda"):
-        return pd.DataFrame(dict(arch=arch, device=device, batch_size=32, image_size=224, repeat="1,3,1,1",
-                                 s_per_step=rng.normal(mean, 0.003, n)))
-    timed = pd.concat([run("resnet101", 0.120, 5), run("resnext50_32x4d", 0.100, 5),
-                       run("resnet101", 1.0, 1, "cpu"), run("resnext50_32x4d", 2.0, 3, "cpu")])
-    out = by_claim(claims.evaluate(table[table.claim == "1"], pd.DataFrame(columns=["study"]), pd.DataFrame(
-        columns=["study", "number", "checkpoint"]), {"taskA": dict(STUDY)}, throughput=timed))
+        return pd.DataFrame(
+            dict(
+                arch=arch,
+                device=device,
+                batch_size=32,
+                image_size=224,
+                repeat="1,3,1,1",
+                s_per_step=rng.normal(mean, 0.003, n),
+            )
+        )
+
+    timed = pd.concat(
+        [
+            run("resnet101", 0.120, 5),
+            run("resnext50_32x4d", 0.100, 5),
+            run("resnet101", 1.0, 1, "cpu"),
+            run("resnext50_32x4d", 2.0, 3, "cpu"),
+        ]
+    )
+    out = by_claim(
+        claims.evaluate(
+            table[table.claim == "1"],
+            pd.DataFrame(columns=["study"]),
+            pd.DataFrame(columns=["study", "number", "checkpoint"]),
+            {"taskA": dict(STUDY)},
+            throughput=timed,
+        )
+    )
     assert out.loc["1", "verdict"] == "supported" and "device=cuda" in out.loc["1", "reason"]
     assert out.loc["1", "estimate"] == pytest.approx(0.02, abs=0.006)
     only_one = timed[(timed.arch != "resnet101") | (timed.index == 0)]
-    out = by_claim(claims.evaluate(table[table.claim == "1"], pd.DataFrame(columns=["study"]), pd.DataFrame(
-        columns=["study", "number", "checkpoint"]), {"taskA": dict(STUDY)}, throughput=only_one))
+    out = by_claim(
+        claims.evaluate(
+            table[table.claim == "1"],
+            pd.DataFrame(columns=["study"]),
+            pd.DataFrame(columns=["study", "number", "checkpoint"]),
+            {"taskA": dict(STUDY)},
+            throughput=only_one,
+        )
+    )
     assert out.loc["1", "verdict"] == "void" and "at least 2 timed runs" in out.loc["1", "reason"]
 
 
@@ -126,17 +186,23 @@ def _one_seed(trials, preds, studies):
 
 
 def _not_run(trials, preds, studies):
-    return trials[trials.study != "taskA"], preds[preds.study != "taskA"], \
-        {k: v for k, v in studies.items() if k != "taskA"}
+    return (
+        trials[trials.study != "taskA"],
+        preds[preds.study != "taskA"],
+        {k: v for k, v in studies.items() if k != "taskA"},
+    )
 
 
-@pytest.mark.parametrize("change,void,kept,why", [
-    (_fallback, ["4a", "4b", "4c", "4d"], ["2a", "3a", "6"], "random-fallback"),
-    (_phantom, ["2a", "2b", "3a", "3b", "4a", "4d"], ["5a", "5b", "6"], claims.PHANTOM),
-    (_size, ["4a", "4b", "4c", "4d"], ["2a", "3b", "6"], "differ in image_size (64 vs 224)"),
-    (_one_seed, ["2a", "2b"], ["3a", "4a", "6"], "1 complete replicate(s)"),
-    (_not_run, ["2a", "2b"], ["3a", "4a", "6"], "study taskA not run"),
-])
+@pytest.mark.parametrize(
+    "change,void,kept,why",
+    [
+        (_fallback, ["4a", "4b", "4c", "4d"], ["2a", "3a", "6"], "random-fallback"),
+        (_phantom, ["2a", "2b", "3a", "3b", "4a", "4d"], ["5a", "5b", "6"], claims.PHANTOM),
+        (_size, ["4a", "4b", "4c", "4d"], ["2a", "3b", "6"], "differ in image_size (64 vs 224)"),
+        (_one_seed, ["2a", "2b"], ["3a", "4a", "6"], "1 complete replicate(s)"),
+        (_not_run, ["2a", "2b"], ["3a", "4a", "6"], "study taskA not run"),
+    ],
+)
 def test_void_rules(report, change, void, kept, why):
     table, *data = report
     o = by_claim(claims.evaluate(table, *change(*data)))
@@ -148,10 +214,21 @@ def test_void_rules(report, change, void, kept, why):
 
 def test_a_new_row_of_claims_csv_is_judged_without_code(report, tmp_path):
     table, trials, preds, studies = report
-    extra = dict(claim="7", group="7", sentence_zh="", gloss_en="out_features 10 beats 6 in balanced accuracy",
-                 study_a="taskE", cell_a="out_features=10;train_repeat=1,3,1,1;eval_repeat=1,3,1,1",
-                 study_b="taskE", cell_b="out_features=6;train_repeat=1,3,1,1;eval_repeat=1,3,1,1",
-                 metric="balanced_acc", direction="greater", about="", report_a="", report_b="")
+    extra = dict(
+        claim="7",
+        group="7",
+        sentence_zh="",
+        gloss_en="out_features 10 beats 6 in balanced accuracy",
+        study_a="taskE",
+        cell_a="out_features=10;train_repeat=1,3,1,1;eval_repeat=1,3,1,1",
+        study_b="taskE",
+        cell_b="out_features=6;train_repeat=1,3,1,1;eval_repeat=1,3,1,1",
+        metric="balanced_acc",
+        direction="greater",
+        about="",
+        report_a="",
+        report_b="",
+    )
     path = tmp_path / "claims.csv"
     pd.concat([table, pd.DataFrame([extra])]).to_csv(path, index=False)
     o = by_claim(claims.evaluate(claims.load(path), trials, preds, studies))
@@ -163,8 +240,20 @@ def test_a_new_row_of_claims_csv_is_judged_without_code(report, tmp_path):
 def test_verdict_false_positive_rate_under_the_null():
     """200 evaluations of one directional claim between cells of equal accuracy (3-5 seeds, seed sd 1-2 points)."""
     rng = np.random.default_rng(4)
-    row = pd.DataFrame([dict(claim="x", study_a="taskE", cell_a="out_features=6", study_b="taskE",
-                             cell_b="out_features=2", metric="acc", direction="greater", about="")])
+    row = pd.DataFrame(
+        [
+            dict(
+                claim="x",
+                study_a="taskE",
+                cell_a="out_features=6",
+                study_b="taskE",
+                cell_b="out_features=2",
+                metric="acc",
+                direction="greater",
+                about="",
+            )
+        ]
+    )
     verdicts = []
     for i in range(200):
         cells = [("taskE", dict(out_features=2), 0.8), ("taskE", dict(out_features=6), 0.8)]

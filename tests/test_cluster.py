@@ -1,13 +1,12 @@
 """`tlstudy submit` (study/submit.py) on a real two-node Ray cluster on 127.0.0.1, through Ray's job
 system; and Ray's own `ray job submit --working-dir . -- tlstudy run ...` on the same cluster."""
+
 import filecmp
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -16,15 +15,10 @@ import ray.experimental.internal_kv as internal_kv
 from optuna.trial import TrialState
 from ray.cluster_utils import Cluster
 
-ROOT = Path(__file__).parents[1]
+from conftest import ROOT, free_port
+
 # Two epochs: nothing is pruned, so every trial must run to the end on some node.
 TINY = ["--image-size", "16", "--phantom-sizes", "48,40,40", "--max-train", "48", "--epochs", "2"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cluster_processes(cluster):
@@ -60,9 +54,16 @@ def test_submit_runs_the_study_on_both_nodes(tmp_path):
     # Cluster() points this process's internal-KV client at its own GCS and shutdown() clears it:
     # put back the one a Ray already started in this process uses (tests/conftest.py's ray_local).
     saved_kv = (internal_kv.global_gcs_client, internal_kv._initialized)
-    cluster = Cluster(initialize_head=True, head_node_args=dict(
-        num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-        dashboard_agent_listen_port=free_port()))  # not the fixed default: another Ray may hold it
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args=dict(
+            num_cpus=1,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            dashboard_agent_listen_port=free_port(),
+        ),
+    )  # not the fixed default: another Ray may hold it
     # The second node gets its own temp dir, as a separate machine would: nodes sharing one
     # runtime_resources folder delete each other's job working_dir when their workers finish.
     node2_tmp = tempfile.mkdtemp(prefix="ray-node2-", dir="/tmp")  # short: Unix socket paths are capped
@@ -75,12 +76,36 @@ def test_submit_runs_the_study_on_both_nodes(tmp_path):
         # --max-concurrent 2: Tune starts two trials at once, one per node. Without it, Tune keeps one
         # trial pending at a time, and a reused actor takes each next trial before another node's
         # actor has started, since these tiny trials are shorter than an actor's start-up.
-        r = subprocess.run([sys.executable, str(ROOT / "study" / "submit.py"), "--cluster-address",
-                            f"http://127.0.0.1:{port}", "--fetch-to", str(local), "--space", "taskE",
-                            "--results", str(on_cluster), *TINY, "--budget", "1", "--seeds", "0", "--cpus-per-trial", "1",
-                            "--max-concurrent", "2",
-                            "--seed", "3", "--verbose"],
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "study" / "submit.py"),
+                "--cluster-address",
+                f"http://127.0.0.1:{port}",
+                "--fetch-to",
+                str(local),
+                "--space",
+                "taskE",
+                "--results",
+                str(on_cluster),
+                *TINY,
+                "--budget",
+                "1",
+                "--seeds",
+                "0",
+                "--cpus-per-trial",
+                "1",
+                "--max-concurrent",
+                "2",
+                "--seed",
+                "3",
+                "--verbose",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "SUCCEEDED" in r.stdout and "epoch 2/2" in r.stdout  # the job's log streamed here
         assert "tlstudy exports" not in r.stdout  # ... without the exports block
@@ -108,10 +133,31 @@ def test_submit_runs_the_study_on_both_nodes(tmp_path):
         # Ray's own command, as the README gives it (about 12 s): this checkout as the working_dir
         # (.rayignore keeps results/, environments and git out), tlstudy run on the cluster, here
         # as `python -m tlstudy` with this interpreter, which the cluster's nodes run too.
-        r = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address",
-                            f"http://127.0.0.1:{port}", "--working-dir", ".", "--", sys.executable, "-m", "tlstudy",
-                            "run", "--space", "taskE", "--show-config"],
-                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ray.scripts.scripts",
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{port}",
+                "--working-dir",
+                ".",
+                "--",
+                sys.executable,
+                "-m",
+                "tlstudy",
+                "run",
+                "--space",
+                "taskE",
+                "--show-config",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
         assert r.returncode == 0 and "succeeded" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
         assert "taskE" in r.stdout
     finally:
@@ -122,8 +168,19 @@ def test_submit_runs_the_study_on_both_nodes(tmp_path):
 
 
 def test_unreachable_cluster_is_a_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "study" / "submit.py"), "--cluster-address",
-                        f"http://127.0.0.1:{free_port()}", "--space", "taskE"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "study" / "submit.py"),
+            "--cluster-address",
+            f"http://127.0.0.1:{free_port()}",
+            "--space",
+            "taskE",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot reach the Ray job server" in r.stderr
     assert list(tmp_path.iterdir()) == []

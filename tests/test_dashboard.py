@@ -1,42 +1,36 @@
 """tlstudy dashboard (study/dashboard.py) serves the real optuna-dashboard on loopback over a study's storage."""
+
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import optuna
 import pytest
-from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
-from tlstudy import plots
+from tlstudy.study.search import upload_learning_curve
 
-ROOT = Path(__file__).parents[1]
+from conftest import ROOT, free_port
+
 # Val-loss curves, one per trial: the third runs far above the others and the median pruner stops it.
 CURVES = [[1.0, 0.8, 0.6], [0.9, 0.7, 0.5], [2.0, 1.9, 1.8], [0.7, 0.5, 0.4], [3.0, 2.9, 2.8]]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished study as study/run.py leaves it: per-epoch intermediate values, PRUNED trials,
-    user attributes, a learning-curve PNG artifact per trial (tlstudy.plots, as tlstudy.tune_optuna uploads)."""
+    user attributes, a learning-curve PNG artifact per trial (as tlstudy.study.search uploads it)."""
     results = tmp_path_factory.mktemp("results")
     storage = optuna.storages.RDBStorage(f"sqlite:///{results / 'optuna.db'}")
-    store = FileSystemArtifactStore(str(results / "artifacts"))
     (results / "artifacts").mkdir()
-    study = optuna.create_study(study_name="taskE", storage=storage,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    study = optuna.create_study(
+        study_name="taskE", storage=storage, pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    )
 
     def objective(trial):
         trial.suggest_float("lr", 1e-4, 1e-2, log=True)
@@ -53,9 +47,7 @@ def finished(tmp_path_factory):
         finally:
             trial.set_user_attr("history", json.dumps(history))
             trial.set_user_attr("node_id", "a" * 56)
-            png = results / f"learning_curve_trial{trial.number}.png"
-            plots.learning_curve(history, png, f"trial {trial.number}")
-            upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=trial, mimetype="image/png")
+            upload_learning_curve(results / "artifacts", trial, history)
 
     study.optimize(objective, n_trials=len(CURVES))
     assert {t.state for t in study.trials} == {TrialState.COMPLETE, TrialState.PRUNED}
@@ -70,9 +62,21 @@ def get(port, path):
 def test_dashboard_serves_the_study(finished):
     results, study = finished
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "study" / "dashboard.py"), "--space", "taskE",
-                             "--results", str(results), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "study" / "dashboard.py"),
+            "--space",
+            "taskE",
+            "--results",
+            str(results),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}/dashboard/studies/" in line
@@ -111,7 +115,11 @@ def test_dashboard_serves_the_study(finished):
 
 
 def test_dashboard_without_a_study_is_a_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "study" / "dashboard.py"), "--results", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "study" / "dashboard.py"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "run tlstudy run" in r.stderr
     assert list(tmp_path.iterdir()) == []  # nothing created

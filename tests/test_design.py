@@ -1,26 +1,29 @@
 """The study's design on real Optuna studies (in memory): what each cell still needs, pruning
 within a cell only, and TPE fitted to a cell's own trials."""
-import math
 
-import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tlstudy import design
-from tlstudy.config import PROTOCOL
+from tlstudy.settings import PROTOCOL, Cell
+from tlstudy.study import design
 
-CELLS = [dict(out_features=2), dict(out_features=6)]
-A, B = (design.cell_label(c) for c in CELLS)
+CELLS = [Cell.of(dict(out_features=2)), Cell.of(dict(out_features=6))]
+A, B = (c.label() for c in CELLS)
 DISTS = {"out_features": CategoricalDistribution([2, 6]), "lr": FloatDistribution(1e-4, 1e-2, log=True)}
 
 
 def trial(cell, phase, state, value=None, lr=1e-3, seed=0, protocol=False, steps=()):
     params = {"out_features": int(cell.split("=")[1]), "lr": lr}
-    return create_trial(state=state, value=value if state == TrialState.COMPLETE else None, params=params,
-                        distributions=DISTS, intermediate_values=dict(enumerate(steps, 1)),
-                        user_attrs={"cell": cell, "phase": phase, "train_seed": seed, "protocol": protocol})
+    return create_trial(
+        state=state,
+        value=value if state == TrialState.COMPLETE else None,
+        params=params,
+        distributions=DISTS,
+        intermediate_values=dict(enumerate(steps, 1)),
+        user_attrs={"cell": cell, "phase": phase, "train_seed": seed, "protocol": protocol},
+    )
 
 
 def test_search_goes_round_the_cells_protocol_first():
@@ -36,10 +39,12 @@ def test_search_goes_round_the_cells_protocol_first():
 
 
 def test_replicates_repeat_the_best_search_config_with_new_seeds_after_the_search():
-    trials = [trial(A, "search", TrialState.COMPLETE, 0.5, lr=1e-3, protocol=True),
-              trial(A, "search", TrialState.COMPLETE, 0.2, lr=3e-3),
-              trial(B, "search", TrialState.COMPLETE, 0.4, protocol=True),
-              trial(B, "search", TrialState.RUNNING)]
+    trials = [
+        trial(A, "search", TrialState.COMPLETE, 0.5, lr=1e-3, protocol=True),
+        trial(A, "search", TrialState.COMPLETE, 0.2, lr=3e-3),
+        trial(B, "search", TrialState.COMPLETE, 0.4, protocol=True),
+        trial(B, "search", TrialState.RUNNING),
+    ]
     work = design.next_work(trials, CELLS, budget=2, seeds=2)
     assert (work.cell, work.phase, work.train_seed) == (A, "replicate", 1)
     assert work.params == {"out_features": 2, "lr": 3e-3}  # the lower val loss, not the protocol
@@ -60,13 +65,19 @@ def test_a_failed_trial_runs_again_and_an_unfinished_cell_is_named():
     # ... except by the run that started it: retries are the next run's.
     work = design.next_work(trials, CELLS, budget=1, seeds=1, held={trials[0].number})
     assert work.cell == B and work.protocol
-    trials = [trial(A, "search", TrialState.COMPLETE, 0.1, protocol=True), trial(B, "search", TrialState.FAIL),
-              trial(A, "replicate", TrialState.COMPLETE, 0.1, seed=1), trial(A, "replicate", TrialState.FAIL, seed=2)]
+    trials = [
+        trial(A, "search", TrialState.COMPLETE, 0.1, protocol=True),
+        trial(B, "search", TrialState.FAIL),
+        trial(A, "replicate", TrialState.COMPLETE, 0.1, seed=1),
+        trial(A, "replicate", TrialState.FAIL, seed=2),
+    ]
     assert design.incomplete_cells(trials, CELLS, seeds=2) == [A, B]
-    everything = trials + [trial(A, "replicate", TrialState.COMPLETE, 0.1, seed=2),
-                           trial(B, "search", TrialState.COMPLETE, 0.3, protocol=True),
-                           trial(B, "replicate", TrialState.COMPLETE, 0.3, seed=1),
-                           trial(B, "replicate", TrialState.COMPLETE, 0.3, seed=2)]
+    everything = trials + [
+        trial(A, "replicate", TrialState.COMPLETE, 0.1, seed=2),
+        trial(B, "search", TrialState.COMPLETE, 0.3, protocol=True),
+        trial(B, "replicate", TrialState.COMPLETE, 0.3, seed=1),
+        trial(B, "replicate", TrialState.COMPLETE, 0.3, seed=2),
+    ]
     assert design.next_work(everything, CELLS, budget=1, seeds=2) == design.DONE
     assert design.incomplete_cells(everything, CELLS, seeds=2) == []
 
@@ -80,8 +91,10 @@ def study_with(trials, pruner):
 
 def running(study, cell, phase="search", protocol=False, losses=(0.6, 0.6, 0.6)):
     """A RUNNING trial of `cell` that has reported `losses`, as the bridge sees it."""
-    study.enqueue_trial({"out_features": int(cell.split("=")[1]), "lr": 1e-3},
-                        user_attrs={"cell": cell, "phase": phase, "protocol": protocol})
+    study.enqueue_trial(
+        {"out_features": int(cell.split("=")[1]), "lr": 1e-3},
+        user_attrs={"cell": cell, "phase": phase, "protocol": protocol},
+    )
     t = study.ask(DISTS)
     for step, loss in enumerate(losses, 1):
         t.report(loss, step)
@@ -111,38 +124,17 @@ def test_the_protocol_trial_and_replicates_are_never_pruned():
     assert not running(study, A, phase="replicate", losses=(5.0, 5.0, 5.0)).should_prune()
 
 
-def test_tpe_samples_each_cell_from_its_own_trials():
-    """Pins the Optuna behaviour CellView relies on: TPE reads the trials through the study it
-    is given (`_get_trials`), so the view's filtering decides what it learns from."""
-    rng = np.random.default_rng(0)
-    history = []
-    for cell, good in ((A, 1e-4), (B, 1e-2)):  # A is best at low lr, B at high lr
-        for lr in np.exp(rng.uniform(math.log(1e-4), math.log(1e-2), 20)):
-            history.append(trial(cell, "search", TrialState.COMPLETE, abs(math.log(lr / good)), lr=float(lr)))
-    study = optuna.create_study(sampler=design.PerCellSampler(seed=0))
-    for t in history:
-        study.add_trial(t)
-    drawn = {A: [], B: []}
-    for i in range(16):
-        cell = A if i % 2 else B
-        study.enqueue_trial({"out_features": int(cell.split("=")[1])}, user_attrs={"cell": cell, "phase": "search"})
-        t = study.ask(DISTS)
-        drawn[cell].append(math.log10(t.params["lr"]))
-        study.tell(t, state=TrialState.FAIL)  # keep the history as it was
-    assert np.mean(drawn[A]) < -3.3 and np.mean(drawn[B]) > -2.7, drawn
-    # The view shows a cell's search trials only.
-    view = design.CellView(study, A)
-    assert {t.user_attrs["cell"] for t in view.get_trials(states=(TrialState.COMPLETE,))} == {A}
-    assert len(view._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=False)) == 20
-
-
-@pytest.mark.parametrize("values, k, expected", [
-    ([0.3, 0.1, 0.2], 1, 0.2),  # one draw: the mean
-    ([0.3, 0.1, 0.2], 50, 0.1),  # many draws: the minimum
-    ([0.5], 3, 0.5),
-])
+@pytest.mark.parametrize(
+    "values, k, expected",
+    [
+        ([0.3, 0.1, 0.2], 1, 0.2),  # one draw: the mean
+        ([0.3, 0.1, 0.2], 50, 0.1),  # many draws: the minimum
+        ([0.5], 3, 0.5),
+    ],
+)
 def test_expected_best_of_k_search_trials(values, k, expected):
-    from tlstudy.tables import expected_best
+    from tlstudy.analysis.tables import expected_best
+
     assert expected_best(values, [k])[k] == pytest.approx(expected, abs=1e-6)
     curve = expected_best([0.3, 0.1, 0.2, 0.25])
     assert list(curve.index) == [1, 2, 3, 4] and curve.is_monotonic_decreasing

@@ -1,11 +1,16 @@
 """The frozen-backbone feature cache: same metrics as the uncached path, shared across trials."""
+
 import os
 
 import pytest
 import torch
 from torchvision.models import get_model
 
-from tlstudy import data, models, train
+from tlstudy.data import splits as data
+from tlstudy.settings import TrialConfig
+from tlstudy.training import loop, models
+
+from conftest import load_data
 
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 TEST_KEYS = ("acc", "auc", "sensitivity", "specificity", "balanced_acc", "confusion_matrix")
@@ -16,8 +21,7 @@ RTOL = 1e-5
 
 @pytest.fixture(scope="module")
 def splits():
-    return data.load("phantom", 16, seed=0, phantom_sizes={"train": 64, "val": 48, "test": 32}, min_val=0,
-                     use_cache=False)
+    return load_data("phantom", 16, seed=0, phantom_sizes=(64, 48, 32), min_val=0, use_cache=False)
 
 
 @pytest.fixture
@@ -31,7 +35,9 @@ def pretrained():
 
 
 def fit(config, splits):
-    epochs = list(train.fit({"epochs": 2, "batch_size": 16, "lr": 0.05, "step_size": 1, **config}, splits))
+    epochs = list(
+        loop.fit(TrialConfig(**{"epochs": 2, "batch_size": 16, "lr": 0.05, "step_size": 1, **config}), splits)
+    )
     return epochs, epochs[-1]["summary"]
 
 
@@ -40,8 +46,15 @@ def entries():
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in data.cache_dir().glob("features-*.pt")}
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
-    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")])])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+        ),
+    ],
+)
 def test_cached_features_give_the_uncached_metrics(splits, pretrained, device):
     cfg = {**pretrained, "train_repeat": "1,3,3,1", "eval_repeat": "1,3,1,1", "device": device}
     plain, plain_summary = fit({**cfg, "feature_cache": "off"}, splits)

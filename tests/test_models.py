@@ -4,8 +4,8 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from tlstudy import models
 from tlstudy.errors import UserError
+from tlstudy.training import models
 
 
 def place_weights(arch_fn, arch, weights):
@@ -44,10 +44,10 @@ def test_weights_none_is_a_random_init_recorded_as_none():
     assert source == "none"
 
 
-@pytest.mark.parametrize("arch, weights, message", [
-    ("resnet18", "IMAGENET1K_V2", "no weights 'IMAGENET1K_V2'"),
-    ("resnet999", "none", "unknown architecture"),
-])
+@pytest.mark.parametrize(
+    "arch, weights, message",
+    [("resnet18", "IMAGENET1K_V2", "no weights 'IMAGENET1K_V2'"), ("resnet999", "none", "unknown architecture")],
+)
 def test_unknown_architecture_or_weights_is_a_user_error(arch, weights, message):
     with pytest.raises(UserError, match=message):
         models.check(arch, weights)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tlstudy import phantom
+from tlstudy.data import phantom
 
 
 def _grid(size):
@@ -87,8 +87,9 @@ def test_consolidations_stay_inside_the_lungs():
     wall = (np.abs(u) > 0.74) & (np.abs(u) < 0.82) & (np.abs(v) < 0.3)
     gains, leaks, walls = [], [], []
     for i in range(20):
-        sick, healthy = (phantom._render(np.random.default_rng([9, 0, i]), 64, p, False).astype(np.float64)
-                         for p in (True, False))
+        sick, healthy = (
+            phantom._render(np.random.default_rng([9, 0, i]), 64, p, False).astype(np.float64) for p in (True, False)
+        )
         gains.append((sick - healthy)[lungs].mean())
         leaks.append(abs((sick - healthy)[away].mean()))
         walls.append((sick - healthy)[wall].mean())
@@ -123,6 +124,7 @@ def test_test_shift_blurs():
     def sharpness(a):
         prof = a[:, 0, 48:80, :].astype(np.float64).mean(1)
         return (np.abs(np.diff(prof, axis=1)).max(1) / np.ptp(prof, axis=1)).mean()
+
     x, _ = phantom.make_split(30, 128, 4, False, 0.5)
     xs, _ = phantom.make_split(30, 128, 4, True, 0.5)
     assert sharpness(xs) < 0.9 * sharpness(x)
@@ -139,6 +141,7 @@ def test_test_shift_tilts_the_patient():
             w = np.clip(band - np.median(band, axis=1, keepdims=True), 0, None) ** 2
             out.append(abs(np.polyfit(rows, (w * cols).sum(1) / w.sum(1), 1)[0]))
         return np.mean(out)
+
     x, _ = phantom.make_split(40, 64, 4, False, 0.5)
     xs, _ = phantom.make_split(40, 64, 4, True, 0.5)
     # tan(2.5 to 6 degrees) is 0.044 to 0.105; the upright spine measures about 0.05 (lesions blur the fit).

@@ -3,6 +3,7 @@
 Needs a server: TLSTUDY_TEST_POSTGRES=postgresql://USER@127.0.0.1:PORT/DB (`.ci/run` starts
 a throwaway one and sets it). Without it these tests skip, saying so.
 """
+
 import json
 import os
 import subprocess
@@ -15,13 +16,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tlstudy.storage import open_storage
+from tlstudy.study.storage import open_storage
 
-from test_reliability import ROOT, SMALL_SPACE, TINY, kill_group, run_to_end, write_space
+from conftest import ROOT, SMALL_SPACE, TINY, kill_group, run_to_end, write_space
 
 URL = os.environ.get("TLSTUDY_TEST_POSTGRES")
-pytestmark = pytest.mark.skipif(not URL, reason="no PostgreSQL server: set TLSTUDY_TEST_POSTGRES=postgresql://... "
-                                                "(.ci/run starts one)")
+pytestmark = pytest.mark.skipif(
+    not URL, reason="no PostgreSQL server: set TLSTUDY_TEST_POSTGRES=postgresql://... (.ci/run starts one)"
+)
 # Two drivers on 2 cores: heartbeats every 2 s, so a busy machine does not pass for a dead driver.
 BOTH = ["--num-cpus", "1", "--max-concurrent", "1", "--heartbeat", "2", "--pruner", "none"]
 
@@ -38,10 +40,27 @@ def study_name():
 
 
 def start(tmp_path, name, log, design=("--budget", "2", "--seeds", "1")):
-    args = ["--space", "small", "--study-name", name, "--storage", URL, "--results", str(tmp_path / "results"),
-            *TINY, *BOTH, *design]
-    return subprocess.Popen([sys.executable, str(ROOT / "study" / "run.py"), *args], cwd=tmp_path,
-                            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    args = [
+        "--space",
+        "small",
+        "--study-name",
+        name,
+        "--storage",
+        URL,
+        "--results",
+        str(tmp_path / "results"),
+        *TINY,
+        *BOTH,
+        *design,
+    ]
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "study" / "run.py"), *args],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_study_in_postgres_reopens_in_another_process(tmp_path, study_name):
@@ -49,7 +68,7 @@ def test_study_in_postgres_reopens_in_another_process(tmp_path, study_name):
     run_to_end(tmp_path, lambda log: start(tmp_path, study_name, log))
     code = textwrap.dedent(f"""
         import json, optuna
-        from tlstudy.storage import open_storage
+        from tlstudy.study.storage import open_storage
         s = optuna.load_study(study_name={study_name!r}, storage=open_storage({URL!r}))
         print(json.dumps({{"states": [t.state.name for t in s.trials], "values": [t.value for t in s.trials],
                           "epochs": [sorted(t.intermediate_values) for t in s.trials], "best": s.best_trial.number}}))
@@ -92,7 +111,9 @@ def test_two_drivers_on_one_study_keep_every_trial_of_both(tmp_path, study_name)
     for proc in procs:
         assert sum(d.endswith(f":{proc.pid}") for d in drivers) > 0
     work = sorted((t.params["out_features"], t.user_attrs["phase"], t.user_attrs["train_seed"]) for t in trials)
-    assert work == sorted([(o, "search", 0) for o in (2, 3)] * 4 + [(o, "replicate", s) for o in (2, 3) for s in (1, 2)])
+    assert work == sorted(
+        [(o, "search", 0) for o in (2, 3)] * 4 + [(o, "replicate", s) for o in (2, 3) for s in (1, 2)]
+    )
 
 
 def _trials(name):
@@ -109,11 +130,32 @@ def test_a_password_in_the_storage_url_leaves_no_trace(tmp_path, study_name):
     url = URL.replace("://tlstudy@", f"://tlstudy:{secret}@", 1)
     assert secret in url
     write_space(tmp_path, "small", SMALL_SPACE)
-    args = ["--space", "small", "--study-name", study_name, "--storage", url, "--results", str(tmp_path / "results"),
-            *TINY, *BOTH, "--budget", "1", "--seeds", "1"]
-    run_to_end(tmp_path, lambda log: subprocess.Popen([sys.executable, str(ROOT / "study" / "run.py"), *args],
-                                                      cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                                                      start_new_session=True))
+    args = [
+        "--space",
+        "small",
+        "--study-name",
+        study_name,
+        "--storage",
+        url,
+        "--results",
+        str(tmp_path / "results"),
+        *TINY,
+        *BOTH,
+        "--budget",
+        "1",
+        "--seeds",
+        "1",
+    ]
+    run_to_end(
+        tmp_path,
+        lambda log: subprocess.Popen(
+            [sys.executable, str(ROOT / "study" / "run.py"), *args],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        ),
+    )
     assert secret not in (tmp_path / "driver.log").read_text()
     files = [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
     assert len(files) > 10 and not [p for p in files if secret.encode() in p.read_bytes()]

@@ -20,14 +20,16 @@ def test_every_flag_of_every_command_is_in_the_readme(monkeypatch):
     import re
     import runpy
 
-    from tlstudy import cli_flags
+    from tlstudy.cli import parsers as cli_flags
 
     section = (ROOT / "README.md").read_text().split("## Every CLI flag", 1)[1].split("\n## ", 1)[0]
     documented = lambda f: f"`{f}" in section or f"{f}`" in section  # noqa: E731
     missing = {}
     for name in cli_flags.COMMANDS:
         assert f"**`tlstudy {name}`**" in section, name
-        flags = {s for a in cli_flags.subparser(name)._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
+        flags = {s for a in cli_flags.subparser(name)._actions for s in a.option_strings if s.startswith("--")} - {
+            "--help"
+        }
         missing[f"tlstudy {name}"] = sorted(f for f in flags if not documented(f))
     # The scripts that are no tlstudy command (study/screenshot.py), from their --help.
     wrappers = {f"{name}.py" for name in cli_flags.COMMANDS}
@@ -37,8 +39,9 @@ def test_every_flag_of_every_command_is_in_the_readme(monkeypatch):
         with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
             runpy.run_path(str(script), run_name="__main__")
         # argparse lists each option at two spaces: "  --flag X, --other" then its help
-        flags = {f for line in re.findall(r"^  (-.*?)(?:  |$)", out.getvalue(), re.M)
-                 for f in re.findall(r"--[\w-]+", line)} - {"--help"}
+        flags = {
+            f for line in re.findall(r"^  (-.*?)(?:  |$)", out.getvalue(), re.M) for f in re.findall(r"--[\w-]+", line)
+        } - {"--help"}
         assert flags, f"{script.name}: no flags parsed from --help"
         missing[script.name] = sorted(f for f in flags if not documented(f))
     assert not any(missing.values()), f"flags missing from the README's 'Every CLI flag': {missing}"

@@ -4,10 +4,10 @@ Every study here runs `study/run.py` in a subprocess of its own session on tiny 
 data, so that SIGKILL can take the driver and its Ray processes down together, as a
 crash would.
 """
+
 import ipaddress
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,21 +18,13 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import psutil
-import pytest
 from optuna.trial import TrialState
 
-ROOT = Path(__file__).parents[1]
-TINY = ["--image-size", "16", "--phantom-sizes", "48,40,40", "--max-train", "48", "--epochs", "3"]
+from conftest import ROOT, SMALL_SPACE, TINY, free_port, kill_group, run_to_end, start, write_space
+from conftest import load_study as load
+
 # Heartbeats every second: a killed driver's trials are recognised after 3 s, not 30.
 FAST = ["--num-cpus", "1", "--max-concurrent", "1", "--heartbeat", "1", "--pruner", "none"]
-
-SMALL_SPACE = '''"""Two cells: resnet18 from scratch with 2 or 3 outputs."""
-from ray import tune
-from tlstudy.spaces import training_space
-FIXED = dict(arch="resnet18", weights="none")
-CELLS = [dict(out_features=2), dict(out_features=3)]
-PARAM_SPACE = {**training_space(), "out_features": tune.choice([2, 3])}
-'''
 
 # One cell trains; in the other the learning rate drives the training loss to NaN in epoch 1.
 FAULTY_SPACE = '''"""One good cell, one whose learning rate makes the loss non-finite."""
@@ -41,21 +33,6 @@ FIXED = dict(arch="resnet18", weights="none", optimizer="sgd", batch_size=16, sc
 CELLS = [dict(lr=1e-3), dict(lr=1e8)]
 PARAM_SPACE = {"lr": tune.choice([1e-3, 1e8]), "momentum": tune.uniform(0.8, 0.95)}
 '''
-
-
-def write_space(tmp_path, name, text):
-    # In ./search_spaces/ the space is found by name, as a user's own space would be.
-    (tmp_path / "search_spaces").mkdir(exist_ok=True)
-    (tmp_path / "search_spaces" / f"{name}.py").write_text(text)
-
-
-def start(tmp_path, args, log):
-    return subprocess.Popen([sys.executable, str(ROOT / "study" / "run.py"), *args], cwd=tmp_path,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def load(results, name):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{results / 'optuna.db'}")
 
 
 def trials_of(results, name):
@@ -69,9 +46,13 @@ def start_stopping_at(tmp_path, point, args, log):
     """A driver that stops at `point` (tests/stopping_driver.py) and holds there for the kill."""
     marker = tmp_path / "held"
     marker.unlink(missing_ok=True)
-    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "stopping_driver.py"), point, "hold", str(marker),
-                             "--", *args], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True), marker
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "stopping_driver.py"), point, "hold", str(marker), "--", *args],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    ), marker
 
 
 def wait_held(proc, marker, timeout=300):
@@ -81,29 +62,6 @@ def wait_held(proc, marker, timeout=300):
         assert proc.poll() is None, f"the driver ended (status {proc.returncode}) before its stopping point"
         assert time.time() < deadline, f"the driver did not reach its stopping point within {timeout} s"
         time.sleep(0.2)
-
-
-def run_to_end(tmp_path, launch):
-    """launch(log) a driver logging to tmp_path/driver.log, and check that it ends with status 0."""
-    with open(tmp_path / "driver.log", "a") as log:
-        proc = launch(log)
-        try:
-            assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
-        finally:
-            kill_group(proc)
-
-
-def kill_group(proc):
-    """SIGKILL the driver's whole session (Ray's raylet, GCS and workers too), and check nothing survives."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=60)
-    deadline = time.time() + 30
-    while survivors(proc.pid) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not survivors(proc.pid), survivors(proc.pid)
 
 
 def listening(pgid):
@@ -121,11 +79,6 @@ def listening(pgid):
 def loopback(address):
     ip = ipaddress.ip_address(address)
     return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
-
-
-def survivors(pgid):
-    r = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
-    return r.stdout.split()
 
 
 def cell_of(t):
@@ -191,13 +144,6 @@ def test_driver_killed_at_four_points_loses_nothing_and_repeats_nothing(tmp_path
         assert epochs[epochs.number == t.number].epoch.tolist() == [1, 2, 3]
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_failing_trials_are_contained_and_retried_while_optuna_dashboard_polls(tmp_path):
     """A trial whose loss goes NaN ends FAIL with its reason, is retried --max-retries times,
     and the study goes on; optuna-dashboard polls the SQLite file throughout (issue 545)."""
@@ -205,16 +151,43 @@ def test_failing_trials_are_contained_and_retried_while_optuna_dashboard_polls(t
     results = tmp_path / "results"
     port = free_port()
     log = open(tmp_path / "driver.log", "w")
-    proc = start(tmp_path, ["--space", "faulty", "--results", str(results), *TINY, *FAST, "--max-retries", "1",
-                            "--budget", "1", "--seeds", "1", "--allow-failures"], log)
+    proc = start(
+        tmp_path,
+        [
+            "--space",
+            "faulty",
+            "--results",
+            str(results),
+            *TINY,
+            *FAST,
+            "--max-retries",
+            "1",
+            "--budget",
+            "1",
+            "--seeds",
+            "1",
+            "--allow-failures",
+        ],
+        log,
+    )
     dashboard, polls = None, []
     try:
         while not (trials_of(results, "faulty") if (results / "optuna.db").exists() else None):
             assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             time.sleep(0.2)  # a trial exists: the study is open for optuna-dashboard to read
-        dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"),
-                                      f"sqlite:///{results / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        dashboard = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "optuna-dashboard"),
+                f"sqlite:///{results / 'optuna.db'}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         study_id = load(results, "faulty")._study_id
         while proc.poll() is None:
             try:
@@ -250,7 +223,8 @@ def test_failing_trials_are_contained_and_retried_while_optuna_dashboard_polls(t
 
 
 def _open_at(url, barrier, queue):
-    from tlstudy.storage import open_storage
+    from tlstudy.study.storage import open_storage
+
     barrier.wait()
     try:
         open_storage(url)
@@ -263,6 +237,7 @@ def test_processes_opening_a_new_sqlite_storage_at_once_all_succeed(tmp_path):
     """Optuna creates its tables and stamps their version on first open; a driver and
     optuna-dashboard (or a test polling) opening a new file at once raced there."""
     import multiprocessing
+
     ctx = multiprocessing.get_context("fork")
     outcomes = []
     for round_ in range(6):

@@ -1,4 +1,5 @@
 """The real Ray Tune + Optuna path on the CPU: a tiny phantom set, 16 px, 3 epochs."""
+
 import hashlib
 import json
 import os
@@ -6,23 +7,19 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from tlstudy import cli, runner, spaces
-from tlstudy.config import PROTOCOL
+from tlstudy import cli, spaces
 from tlstudy.errors import UserError
+from tlstudy.settings import PROTOCOL
+from tlstudy.study import runner
 
-ROOT = Path(__file__).parents[1]
-TINY = ["--image-size", "16", "--phantom-sizes", "48,40,40", "--max-train", "48", "--epochs", "3"]
-
-
-def load(results, name):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{results / 'optuna.db'}")
+from conftest import ROOT, SMALL_SPACE, TINY
+from conftest import load_study as load
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +27,25 @@ def taske(tmp_path_factory, ray_local):
     results = tmp_path_factory.mktemp("taskE")
     # --budget 2: two search trials per cell (the protocol, then one of TPE); --seeds 2: two
     # replicates of each cell's best. A percentile pruner at the 75th percentile prunes readily.
-    code = cli.main(["run", "--space", "taskE", "--results", str(results), *TINY, "--pruner", "percentile",
-                     "--budget", "2", "--seeds", "2", "--seed", "1", "--allow-failures"])
+    code = cli.main(
+        [
+            "run",
+            "--space",
+            "taskE",
+            "--results",
+            str(results),
+            *TINY,
+            "--pruner",
+            "percentile",
+            "--budget",
+            "2",
+            "--seeds",
+            "2",
+            "--seed",
+            "1",
+            "--allow-failures",
+        ]
+    )
     assert code == 0
     return results
 
@@ -41,9 +55,9 @@ def test_every_cell_gets_its_budget_then_replicates_that_differ_only_in_their_se
     space = spaces.load("taskE")
     done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(done) == 9 * (2 + 2)
-    fixed = set(space.cells[0])
+    fixed = set(space.cells[0].as_dict())
     protocols = []
-    for cell in space.cells:
+    for cell in (c.as_dict() for c in space.cells):
         mine = [t for t in done if all(t.params[k] == v for k, v in cell.items())]
         search = [t for t in mine if t.user_attrs["phase"] == "search"]
         reps = [t for t in mine if t.user_attrs["phase"] == "replicate"]
@@ -59,8 +73,11 @@ def test_every_cell_gets_its_budget_then_replicates_that_differ_only_in_their_se
         assert {t.user_attrs["train_seed"] for t in search} == {0}
         assert len({t.value for t in reps}) == 2  # another seed, another model
     # Every cell's protocol trial ran the same hyperparameters: the tutorial's.
-    assert all(p == protocols[0] for p in protocols) and protocols[0] == {
-        k: v for k, v in PROTOCOL.items() if k in protocols[0]} and len(protocols[0]) == len(PROTOCOL)
+    assert (
+        all(p == protocols[0] for p in protocols)
+        and protocols[0] == {k: v for k, v in PROTOCOL.items() if k in protocols[0]}
+        and len(protocols[0]) == len(PROTOCOL)
+    )
     pruned = [t for t in done if t.state == TrialState.PRUNED]
     assert pruned, "the percentile pruner pruned nothing"
     assert all(t.user_attrs["phase"] == "search" and not t.user_attrs["protocol"] for t in pruned)
@@ -93,14 +110,18 @@ def test_every_cell_gets_its_budget_then_replicates_that_differ_only_in_their_se
 def test_study_reopens_in_another_process(taske):
     code = textwrap.dedent(f"""
         import json, optuna
-        s = optuna.load_study(study_name="taskE", storage="sqlite:///{taske / 'optuna.db'}")
+        s = optuna.load_study(study_name="taskE", storage="sqlite:///{taske / "optuna.db"}")
         print(json.dumps({{"n": len(s.trials), "states": sorted(t.state.name for t in s.trials),
                           "best": s.best_trial.number, "value": s.best_value}}))
     """)
     out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     study = load(taske, "taskE")
-    assert out == {"n": len(study.trials), "states": sorted(t.state.name for t in study.trials),
-                   "best": study.best_trial.number, "value": study.best_value}
+    assert out == {
+        "n": len(study.trials),
+        "states": sorted(t.state.name for t in study.trials),
+        "best": study.best_trial.number,
+        "value": study.best_value,
+    }
 
 
 def test_exports_agree_with_storage(taske):
@@ -156,8 +177,19 @@ def test_run_ends_with_the_analysis(taske):
     work = pd.read_csv(taske / "taskE" / "show_your_work.csv")
     assert len(work) == 9 and list(work.columns) == ["cell", "k=1", "k=2"]
     claims = pd.read_csv(taske / "taskE" / "claims.csv")
-    assert list(claims.columns) == ["claim", "cells", "metric", "estimate", "low", "high", "p", "p_holm", "margin",
-                                    "verdict", "reason"]
+    assert list(claims.columns) == [
+        "claim",
+        "cells",
+        "metric",
+        "estimate",
+        "low",
+        "high",
+        "p",
+        "p_holm",
+        "margin",
+        "verdict",
+        "reason",
+    ]
     by = claims.set_index("claim")
     # No ImageNet weights here (and phantom data): claims about transfer are void, saying why.
     assert by.loc["3a", "verdict"] == "void" and by.loc["3a", "reason"] == "study taskB not run"
@@ -167,16 +199,29 @@ def test_run_ends_with_the_analysis(taske):
         assert by.loc[c, "low"] <= by.loc[c, "estimate"] <= by.loc[c, "high"]
 
 
-@pytest.mark.parametrize("change, what", [
-    (["--image-size", "20"], "image_size"),
-    (["--epochs", "2"], "epochs"),
-    (["--data", "{xrays}"], "data"),
-])
+@pytest.mark.parametrize(
+    "change, what",
+    [(["--image-size", "20"], "image_size"), (["--epochs", "2"], "epochs"), (["--data", "{xrays}"], "data")],
+)
 def test_a_rerun_with_other_data_or_settings_is_refused_and_nothing_changes(taske, xray_folder, capsys, change, what):
     db = taske / "optuna.db"
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    args = ["run", "--space", "taskE", "--results", str(taske), *TINY, "--pruner", "percentile", "--budget", "2",
-            "--seeds", "2", "--seed", "1"]
+    args = [
+        "run",
+        "--space",
+        "taskE",
+        "--results",
+        str(taske),
+        *TINY,
+        "--pruner",
+        "percentile",
+        "--budget",
+        "2",
+        "--seeds",
+        "2",
+        "--seed",
+        "1",
+    ]
     for i in range(0, len(change), 2):
         at = args.index(change[i]) if change[i] in args else None
         value = change[i + 1].format(xrays=xray_folder)
@@ -191,39 +236,95 @@ def test_a_rerun_with_other_data_or_settings_is_refused_and_nothing_changes(task
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
 
 
+def test_a_refused_rerun_answers_before_torch_or_ray_load(taske):
+    """The settings are resolved and compared with the stored study (its space's summary, kept with
+    the space file's hash) before the heavy imports: the refusal needs neither torch nor Ray."""
+    argv = [
+        "run",
+        "--space",
+        "taskE",
+        "--results",
+        str(taske),
+        *TINY,
+        "--pruner",
+        "percentile",
+        "--budget",
+        "2",
+        "--seeds",
+        "2",
+        "--seed",
+        "1",
+        "--image-size",
+        "48",
+    ]
+    code = textwrap.dedent(f"""
+        import sys
+        from tlstudy import cli
+        try:
+            cli.main({argv!r})
+        except SystemExit as e:
+            print("exit", e.code)
+        print(sorted(m for m in ("torch", "torchvision", "ray", "ray.tune") if m in sys.modules))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["exit", "2", "[]"], r.stdout + r.stderr
+    assert "different space or settings" in r.stderr and "image_size: 16 -> 48" in r.stderr
+
+
 def test_best_config_command_reproduces_the_trial(taske):
     best = json.loads((taske / "taskE" / "best_config.json").read_text())
     out = taske / "rerun.json"
     cmd = best["command"].replace("tlstudy trial", f"{sys.executable} -m tlstudy trial", 1)
     # One thread, as the 1-CPU Ray trial had: the same config must give the same numbers.
-    r = subprocess.run(cmd + f" --json {out}", shell=True, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        cmd + f" --json {out}",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(out.read_text())["summary"]
     assert summary["best_val_loss"] == pytest.approx(best["best_val_loss"], rel=1e-5)
     assert summary["test_best_acc"] == best["test_best_acc"]
 
 
-SMALL_SPACE = """
-\"\"\"A two-cell test space: resnet18 from scratch, out_features 2 or 3.\"\"\"
-from ray import tune
-from tlstudy.spaces import training_space
-FIXED = dict(arch="resnet18", weights="none")
-CELLS = [dict(out_features=2), dict(out_features=3)]
-PARAM_SPACE = {**training_space(), "out_features": tune.choice([2, 3])}
-"""
-
-
 def test_resume_after_interrupt_repeats_no_finished_trial_and_finishes_the_phases(tmp_path, ray_local):
     space_file = tmp_path / "small.py"
     space_file.write_text(SMALL_SPACE)
     results = tmp_path / "results"
-    args = ["--space", str(space_file), "--results", str(results), *TINY, "--budget", "1", "--seeds", "1",
-            "--pruner", "none"]
+    args = [
+        "--space",
+        str(space_file),
+        "--results",
+        str(results),
+        *TINY,
+        "--budget",
+        "1",
+        "--seeds",
+        "1",
+        "--pruner",
+        "none",
+    ]
     # Ctrl-C from inside the driver, right after it has told Optuna of the first COMPLETE trial.
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "stopping_driver.py"), "first-complete", "sigint",
-                             str(tmp_path / "unused"), "--", *args, "--num-cpus", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "stopping_driver.py"),
+            "first-complete",
+            "sigint",
+            str(tmp_path / "unused"),
+            "--",
+            *args,
+            "--num-cpus",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out = proc.communicate(timeout=300)[0]
     finally:
@@ -246,7 +347,9 @@ def test_resume_after_interrupt_repeats_no_finished_trial_and_finishes_the_phase
     for out_features in (2, 3):
         mine = [t for t in done if t.params["out_features"] == out_features]
         assert sorted((t.user_attrs["phase"], t.user_attrs["train_seed"]) for t in mine) == [
-            ("replicate", 1), ("search", 0)]
+            ("replicate", 1),
+            ("search", 0),
+        ]
 
 
 def _killpg(pid):
@@ -258,16 +361,20 @@ def _killpg(pid):
 
 def test_space_allowing_resnet18_v2_is_refused(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text(SMALL_SPACE.replace('FIXED = dict(arch="resnet18", weights="none")', 'FIXED = dict(arch="resnet18")')
-                   .replace('"out_features": tune.choice([2, 3])}',
-                            '"out_features": tune.choice([2, 3]), "weights": tune.choice(["IMAGENET1K_V1", "IMAGENET1K_V2"])}'))
+    bad.write_text(
+        SMALL_SPACE.replace('FIXED = dict(arch="resnet18", weights="none")', 'FIXED = dict(arch="resnet18")').replace(
+            '"out_features": tune.choice([2, 3])}',
+            '"out_features": tune.choice([2, 3]), "weights": tune.choice(["IMAGENET1K_V1", "IMAGENET1K_V2"])}',
+        )
+    )
     with pytest.raises(UserError, match="resnet18.*IMAGENET1K_V2"):
         spaces.load(bad)
 
 
 def test_list_spaces_names_every_task():
-    r = subprocess.run([sys.executable, str(ROOT / "study" / "run.py"), "--list-spaces"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "study" / "run.py"), "--list-spaces"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0
     names = [line.split()[0] for line in r.stdout.splitlines()]
     assert names == ["taskA", "taskB", "taskC", "taskD", "taskE"]

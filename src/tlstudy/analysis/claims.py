@@ -1,0 +1,260 @@
+"""The report's claims as data (results/reference/claims.csv), judged on a study's replicates.
+
+claims.csv has one row per comparison "a against b": claim (id), group (the report's claim
+number), sentence_zh (quoted from the report), gloss_en, study_a, cell_a, study_b, cell_b (a cell
+is `key=value` pairs joined by `;`, matched as strings against the trials' parameters),
+metric (acc, balanced_acc, sensitivity, specificity; or s_per_step, judged on the throughput
+frame), direction (greater: a > b is claimed; less; equivalent: "no effect"), about (`transfer`
+for claims about ImageNet weights or features), report_a and report_b (the report's numbers).
+Nothing here knows the report's claims: a new row of claims.csv is judged like the others.
+
+Each comparison uses the COMPLETE replicate-phase trials of its two cells at one checkpoint and
+gets a verdict (see `evaluate`): supported, contradicted, inconclusive, or void with its reason.
+Holm's correction runs over all non-void comparisons of one evaluation, the family a report
+draws its conclusions from.
+"""
+
+import numpy as np
+import pandas as pd
+
+from tlstudy.analysis import statistics
+from tlstudy.names import PHASE, RANDOM_FALLBACK, REPLICATE, WEIGHTS_SOURCE
+from tlstudy.settings import Cell
+from tlstudy.spaces import reference_dir
+
+CLAIMS = reference_dir() / "claims.csv"
+COLUMNS = ["claim", "cells", "metric", "estimate", "low", "high", "p", "p_holm", "margin", "verdict", "reason"]
+EXTRA = [
+    "group",
+    "direction",
+    "about",
+    "n_a",
+    "n_b",
+    "mean_a",
+    "mean_b",
+    "tost_low",
+    "tost_high",
+    "report_a",
+    "report_b",
+    "sentence_zh",
+    "gloss_en",
+]
+DIRECTIONS = ("greater", "less", "equivalent")
+COMPARABLE = ("data_fingerprint", "image_size", "profile", "epochs")
+SETTING = ("device", "batch_size", "image_size", "repeat")  # a throughput comparison holds these fixed
+PHANTOM = "ImageNet features say nothing about X-ray transfer on synthetic phantoms"
+
+
+def load(path=CLAIMS):
+    """claims.csv as text columns (empty cells stay empty strings)."""
+    claims = pd.read_csv(path, dtype=str, keep_default_na=False)
+    bad = claims[~claims.direction.isin(DIRECTIONS)]
+    if len(bad):
+        raise ValueError(
+            f"{path}: claim {bad.claim.iloc[0]}: direction {bad.direction.iloc[0]!r} is not one of {DIRECTIONS}"
+        )
+    return claims
+
+
+def _text(values):
+    """Values as the strings a cell is written with: 2, 2.0 and "2" alike."""
+    return values.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+
+
+def _select(frame, cell):
+    """Rows of `frame` matching `cell`, and the cell keys the frame lacks."""
+    missing = [k for k in cell if k not in frame]
+    mask = np.ones(len(frame), dtype=bool)
+    for k, v in cell.items():
+        if k in frame:
+            mask &= (_text(frame[k]) == v).to_numpy()
+    return frame[mask], missing
+
+
+def _void(reasons):
+    return dict(void=True, reason="; ".join(reasons))
+
+
+def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpoint):
+    """One comparison of a test metric: its figures, or why it is void."""
+    reasons, picked = [], {}
+    for side in ("a", "b"):
+        study = c[f"study_{side}"]
+        if study not in studies or not (trials.study == study).any():
+            reasons.append(f"study {study} not run")
+    if reasons:
+        return _void(sorted(set(reasons)))
+    sa, sb = studies[c["study_a"]], studies[c["study_b"]]
+    for key in COMPARABLE:
+        if sa.get(key) != sb.get(key):
+            reasons.append(f"{c['study_a']} and {c['study_b']} differ in {key} ({sa.get(key)} vs {sb.get(key)})")
+    transfer = c.get("about") == "transfer"
+    if transfer and any(str(s.get("data_source", "")).startswith("phantom") for s in (sa, sb)):
+        reasons.append(PHANTOM)
+    for side in ("a", "b"):
+        study, cell = c[f"study_{side}"], cells[side]
+        done = trials[(trials.study == study) & (trials.state == "COMPLETE") & (trials[PHASE] == REPLICATE)]
+        done, missing = _select(done, cell)
+        if missing:
+            reasons.append(f"{study}'s trials have no parameter {', '.join(missing)}")
+        p = predictions[(predictions.study == study) & predictions.number.isin(done.number)]
+        k = p.number.nunique()
+        if k < 2:
+            reasons.append(
+                f"{study} {c[f'cell_{side}']}: {k} complete replicate(s) with {checkpoint} predictions "
+                "(needs 2: run the cell's replicate phase)"
+            )
+        fallback = int((done.get(WEIGHTS_SOURCE, pd.Series(dtype=str)) == RANDOM_FALLBACK).sum())
+        if transfer and fallback:
+            reasons.append(
+                f"{fallback} {study} trial(s) of {c[f'cell_{side}']} trained from a random init "
+                "(weights_source=random-fallback): no pretrained weights to compare"
+            )
+        picked[side] = p
+    if reasons:
+        return _void(reasons)
+    try:
+        r = statistics.paired(picked["a"], picked["b"], c["metric"], level=1 - alpha, n_boot=0)
+        out = dict(
+            estimate=r["estimate"],
+            low=r["low"],
+            high=r["high"],
+            p=r["p"],
+            n_a=r["n_seeds_a"],
+            n_b=r["n_seeds_b"],
+            mean_a=r["mean_a"],
+            mean_b=r["mean_b"],
+            void=False,
+            reason="",
+        )
+        if c["direction"] == "equivalent":
+            t = statistics.tost(picked["a"], picked["b"], c["metric"], margin=margin, alpha=alpha)
+            out.update(p=t["p"], margin=margin, tost_low=t["low"], tost_high=t["high"])
+    except ValueError as e:  # e.g. the two cells were tested on different images
+        return _void([str(e)])
+    return out
+
+
+def _throughput_row(c, cells, throughput, studies, alpha):
+    """Claim on seconds per step: the cells' timed runs at one common setting."""
+    if throughput is None or not len(throughput):
+        return _void(
+            [
+                "no throughput measurement (a frame of arch, device, batch_size, image_size, repeat, "
+                "s_per_step) was given"
+            ]
+        )
+    t = throughput
+    size = {studies[s].get("image_size") for s in (c["study_a"], c["study_b"]) if s in studies} - {None}
+    if "image_size" in t and size:
+        t = t[_text(t.image_size).isin({str(v) for v in size})]
+    keys = [k for k in SETTING if k in t]
+    if not keys:
+        t, keys = t.assign(setting="any"), ["setting"]
+    # The frame records the architecture and the setting only: other cell keys cannot be matched there.
+    a, _ = _select(t, {k: v for k, v in cells["a"].items() if k in t})
+    b, _ = _select(t, {k: v for k, v in cells["b"].items() if k in t})
+    count = lambda x: x.groupby(keys, dropna=False).size()
+    both = pd.concat([count(a), count(b)], axis=1, join="inner").min(axis=1)
+    both = both[both >= 2]
+    if both.empty:
+        return _void(
+            [
+                f"no setting ({', '.join(keys)}) with at least 2 timed runs of both cells"
+                + (f" at image size {sorted(size)}" if size else "")
+            ]
+        )
+    best = both.idxmax()  # the setting with the most runs of both
+    best = best if isinstance(best, tuple) else (best,)
+    at = lambda x: x[np.logical_and.reduce([(_text(x[k]) == str(v)).to_numpy() for k, v in zip(keys, best)])]
+    r = statistics.throughput(at(a).s_per_step, at(b).s_per_step, level=1 - alpha)
+    return dict(
+        estimate=r["estimate"],
+        low=r["low"],
+        high=r["high"],
+        p=r["p"],
+        n_a=r["n_a"],
+        n_b=r["n_b"],
+        mean_a=r["mean_a"],
+        mean_b=r["mean_b"],
+        void=False,
+        setting=", ".join(f"{k}={v}" for k, v in zip(keys, best)),
+        ratio=r["ratio"],
+    )
+
+
+def _verdict(r, alpha):
+    if r["void"]:
+        return "void"
+    if r["direction"] == "equivalent":
+        if r["p_holm"] < alpha:
+            return "supported"
+        outside = r["low"] > r["margin"] or r["high"] < -r["margin"]
+        return "contradicted" if outside else "inconclusive"
+    if r["p_holm"] >= alpha:
+        return "inconclusive"
+    claimed = 1 if r["direction"] == "greater" else -1
+    return "supported" if claimed * r["estimate"] > 0 else "contradicted"
+
+
+def _why(r, alpha):
+    """The verdict in words, with the numbers it rests on."""
+    if r["void"]:
+        return r["reason"]
+    seconds = r["metric"] == "s_per_step"
+    f = (lambda v: f"{v:+.4g} s") if seconds else (lambda v: f"{100 * v:+.1f} points")
+    text = (
+        f"a - b {f(r['estimate'])}, {100 * (1 - alpha):.0f} % interval [{f(r['low'])}, {f(r['high'])}]; "
+        f"{r['n_a']:.0f} vs {r['n_b']:.0f} {'timed runs' if seconds else 'seeds'}"
+    )
+    if seconds:
+        text += f"; ratio {r['ratio']:.3g} at {r['setting']}"
+    if r["direction"] == "equivalent":
+        text += (
+            f"; TOST at ±{100 * r['margin']:.1f} points: {100 * (1 - 2 * alpha):.0f} % interval "
+            f"[{f(r['tost_low'])}, {f(r['tost_high'])}]"
+        )
+    return text + f"; p {r['p']:.3g}, Holm-adjusted {r['p_holm']:.3g} ({'<' if r['p_holm'] < alpha else '>='} {alpha})"
+
+
+def evaluate(claims, trials, predictions, studies, throughput=None, margin=0.02, alpha=0.05, checkpoint="best_loss"):
+    """Judge every row of `claims` (see `load`) on this evaluation's data.
+
+    trials: one row per trial (study, number, state, phase, train_seed, weights_source and the cell
+    parameters); predictions: the long per-image frame (study, number, checkpoint, image_id, label,
+    pred, ...); studies: study name -> dict(data_fingerprint, data_source, image_size, profile,
+    epochs); throughput: a frame (arch, device, batch_size, image_size, repeat, s_per_step) or None.
+    Returns COLUMNS, then EXTRA. Directional claims: supported when the Holm-adjusted p < alpha with
+    the claimed sign, contradicted with the other sign, else inconclusive. Equivalence claims
+    (TOST within +-margin): supported when the Holm-adjusted TOST p < alpha, contradicted when the
+    (1 - alpha) interval lies wholly outside +-margin, else inconclusive. Void rows have no p."""
+    preds = predictions[predictions.checkpoint == checkpoint]
+    rows = []
+    for c in claims.to_dict("records"):
+        cells = {"a": Cell.parse(c["cell_a"]).as_dict(), "b": Cell.parse(c["cell_b"]).as_dict()}
+        base = dict(
+            claim=c["claim"],
+            cells=f"{c['study_a']}: {c['cell_a']} vs {c['study_b']}: {c['cell_b']}",
+            metric=c["metric"],
+            estimate=np.nan,
+            low=np.nan,
+            high=np.nan,
+            p=np.nan,
+            margin=np.nan,
+            **{k: c.get(k, "") for k in EXTRA if k in claims},
+        )
+        if c["metric"] == "s_per_step" and c["direction"] == "equivalent":
+            base.update(_void(["an equivalence claim on s_per_step has no margin in seconds: not judged"]))
+        elif c["metric"] == "s_per_step":
+            base.update(_throughput_row(c, cells, throughput, studies, alpha))
+        else:
+            base.update(_accuracy_row(c, cells, trials, preds, studies, margin, alpha, checkpoint))
+        rows.append(base)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return pd.DataFrame(columns=COLUMNS + EXTRA)
+    out["p_holm"] = statistics.holm(out.p.where(~out.void.astype(bool)))
+    out["verdict"] = [_verdict(r, alpha) for r in out.to_dict("records")]
+    out["reason"] = [_why(r, alpha) for r in out.to_dict("records")]
+    out[["n_a", "n_b"]] = out.reindex(columns=["n_a", "n_b"]).astype("Int64")
+    return out.reindex(columns=COLUMNS + EXTRA)

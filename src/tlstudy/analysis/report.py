@@ -1,0 +1,199 @@
+"""The analysis of stored studies: REPORT.md and its CSV files under results/<space>/.
+
+`write_report(studies, space, out_dir)` reads the Optuna studies (and each trial's per-image
+predictions), builds the tables (tlstudy.analysis.tables), judges the report's claims
+(tlstudy.analysis.claims, on results/reference/claims.csv) and writes one page that says what the
+design can and cannot show: the seeds, the budget per cell, the pruning rule, the margin and
+alpha, the data and whether the weights were real.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from tlstudy import spaces
+from tlstudy.analysis import claims as tlclaims
+from tlstudy.analysis import export, plots, reference, tables
+from tlstudy.analysis.page import Page
+from tlstudy.analysis.tables import markdown
+from tlstudy.errors import UserError
+from tlstudy.names import (
+    BASE_CONFIG,
+    DATA,
+    DESIGN,
+    PHASE,
+    RANDOM_FALLBACK,
+    SPACE,
+    THROUGHPUT,
+    TRAIN_SEED,
+    WEIGHTS_SOURCE,
+)
+from tlstudy.settings import StudySettings
+from tlstudy.study.storage import display_url
+
+REPORT_TASKS = ("taskA", "taskB", "taskC", "taskE")
+
+
+def study_frames(study, space=None, artifact_dir=None):
+    """(space, per-trial frame, per-epoch frame, predictions) of one stored study."""
+    # A study run from a space file path stores only its name: the caller passes the loaded space.
+    space = space or spaces.load(study.user_attrs.get(SPACE, study.study_name))
+    trials = export.trials_frame(study, space.fixed)
+    epochs = export.epochs_frame(study)
+    planned = study.user_attrs.get(BASE_CONFIG, {}).get("epochs")
+    per_trial = tables.trial_figures(trials, epochs, planned) if len(trials) else trials
+    preds = export.predictions_frame(study, artifact_dir) if artifact_dir and Path(artifact_dir).is_dir() else None
+    return space, per_trial, epochs, preds
+
+
+def study_meta(study):
+    """What makes two studies comparable, for the claims' void rules."""
+    data, design = study.user_attrs.get(DATA, {}), study.user_attrs.get(DESIGN, {})
+    return dict(
+        data_fingerprint=data.get("data_fingerprint"),
+        data_source=data.get("data_source", ""),
+        image_size=data.get("image_size"),
+        epochs=study.user_attrs.get(BASE_CONFIG, {}).get("epochs"),
+        profile=json.dumps(design.get("profile", {}), sort_keys=True),
+    )
+
+
+def claim_inputs(storage, current, artifact_dir):
+    """(trials, predictions, studies, throughput) of the report's tasks stored beside the current studies."""
+    trials, preds, meta, speed = [], [], {}, []
+    names = set(optuna.get_all_study_names(storage))
+    for task in REPORT_TASKS:
+        if task in current:
+            study, (_, per_trial, _, p) = current[task]
+        elif task in names:
+            study = optuna.load_study(study_name=task, storage=storage)
+            _, per_trial, _, p = study_frames(study, artifact_dir=artifact_dir)
+        else:
+            continue
+        meta[task] = study_meta(study)
+        speed += study.user_attrs.get(THROUGHPUT, [])
+        if len(per_trial):
+            trials.append(per_trial.assign(study=task))
+        if p is not None and len(p):
+            preds.append(p.assign(study=task))
+    frame = lambda fs, cols: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame(columns=cols)  # noqa: E731
+    return (
+        frame(trials, ["study", "number", "state", PHASE, TRAIN_SEED, WEIGHTS_SOURCE]),
+        frame(preds, export.PREDICTION_COLUMNS),
+        meta,
+        pd.DataFrame(speed) if speed else None,
+    )
+
+
+def importances(study):
+    """Optuna's fANOVA importances of the parameters over the completed trials."""
+    try:
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
+    except (ValueError, RuntimeError) as e:
+        return pd.DataFrame(), f"not computed: {e}"
+    return pd.DataFrame({"parameter": list(imp), "importance": [round(v, 3) for v in imp.values()]}), ""
+
+
+def write_report(
+    studies: list, space: spaces.Space, out_dir: str | Path, margin: float = 0.02, alpha: float = 0.05
+) -> dict:
+    """Write the analysis of `studies` (one study, or taskD's compared studies) under out_dir.
+    Returns {name: path} of what was written, and the cell table's Markdown under "table"."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write the analysis to {out}: {e.strerror}") from None
+    artifacts = out.parent / "artifacts"
+    storage = studies[0]._storage  # Optuna has no public getter for a loaded study's storage
+    current = {}
+    for st in studies:
+        frames = study_frames(st, None if space.compare else space, artifacts)
+        current[frames[0].name] = (st, frames)
+    tasks = list(current)
+    per_trial = pd.concat([f[1].assign(task=name) for name, (_, f) in current.items()], ignore_index=True)
+    epochs = pd.concat([f[2].assign(task=name) for name, (_, f) in current.items()], ignore_index=True)
+    preds = [f[3] for _, f in current.values() if f[3] is not None]
+    preds = pd.concat(preds, ignore_index=True) if preds else None
+    if per_trial.empty:
+        raise UserError(f"study {studies[0].study_name!r} has no trials yet: run tlstudy run --space {space.name}")
+    axes = [a for a in (["arch", "weights", "task"] if space.compare else space.axes) if a in per_trial]
+    rows = tables.cell_rows(per_trial, axes, preds)
+    shown = tables.format_cells(rows, axes)
+    ref = reference.reference()
+    rebuilt = reference.report_tables(rows, ref, tasks, axes) if len(ref) else {}
+    beside = reference.side_by_side(rows, ref, tasks, axes) if len(ref) else pd.DataFrame()
+    work = tables.show_your_work(per_trial, axes)
+    judged = tlclaims.evaluate(tlclaims.load(), *claim_inputs(storage, current, artifacts), margin=margin, alpha=alpha)
+    image_size = studies[0].user_attrs.get(DATA, {}).get("image_size") or 224
+    arch_table = reference.architecture_table(per_trial, image_size)
+    imp, imp_note = (pd.DataFrame(), "not computed for a comparison") if space.compare else importances(studies[0])
+
+    paths = {
+        k: out / v
+        for k, v in dict(
+            cells="cells.csv",
+            cells_md="cells.md",
+            architectures="architectures.csv",
+            claims="claims.csv",
+            report_vs_study="report_vs_study.csv",
+            importances="importances.csv",
+            show_your_work="show_your_work.csv",
+            curves="learning_curves.png",
+            test_acc="test_accuracy.png",
+            val_vs_test="val_vs_test.png",
+            expected_best="show_your_work.png",
+            report="REPORT.md",
+        ).items()
+    }
+    try:
+        rows.to_csv(paths["cells"], index=False)
+        paths["cells_md"].write_text(markdown(shown) + "\n")
+        arch_table.to_csv(paths["architectures"], index=False)
+        judged[tlclaims.COLUMNS].to_csv(paths["claims"], index=False)
+        beside.to_csv(paths["report_vs_study"], index=False)
+        imp.to_csv(paths["importances"], index=False)
+        work.to_csv(paths["show_your_work"], index=False)
+        for n, (_, mine) in rebuilt.items():
+            paths[f"table{n}"] = out / f"table{n}.csv"
+            mine.to_csv(paths[f"table{n}"], index=False)
+        plots.learning_curves(per_trial, epochs, axes, paths["curves"])
+        plots.test_accuracy(rows.assign(cell=shown.cell), paths["test_acc"])
+        plots.val_vs_test(per_trial, paths["val_vs_test"])
+        plots.show_your_work(work, paths["expected_best"])
+        page = Page(studies, space, tasks, per_trial, margin, alpha)
+        paths["report"].write_text(page.render(shown, rows, arch_table, rebuilt, beside, work, judged, imp, imp_note))
+    except OSError as e:
+        raise UserError(f"cannot write the analysis to {out}: {e.strerror}") from None
+    paths["table"] = markdown(shown)
+    return paths
+
+
+def report_run(study: Any, space: spaces.Space, settings: StudySettings, trials: pd.DataFrame, paths: dict) -> None:
+    """After a run, with its exports written (trials, paths: tlstudy.analysis.export.write): REPORT.md,
+    and what they say, on the console."""
+    results = Path(settings.results)
+    states = trials.state.value_counts().to_dict() if len(trials) else {}
+    print(f"\n{study.study_name}: {len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in states.items()))
+    fallback = int((trials.get(WEIGHTS_SOURCE) == RANDOM_FALLBACK).sum()) if len(trials) else 0
+    if fallback:
+        print(
+            f"WARNING: {fallback} trials trained from a RANDOM init: their pretrained weights were missing "
+            f"(weights_source={RANDOM_FALLBACK}). Transfer and V1/V2 claims are void."
+        )
+    if len(trials):
+        written = write_report(
+            [study], space, results / settings.study_name, margin=settings.margin, alpha=settings.alpha
+        )
+        print(f"\n{space.name}: each cell's best trial (test accuracy at its best-val checkpoint)")
+        print(written["table"])
+        print(f"report: {written['report']}")
+    print("exports: " + ", ".join(str(p) for p in paths.values()))
+    print(f"browse: optuna-dashboard {display_url(settings.storage)} --artifact-dir {results / 'artifacts'}")

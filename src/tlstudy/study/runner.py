@@ -1,0 +1,358 @@
+"""The study: Ray Tune runs the trials, Optuna samples and prunes them, the storage keeps them.
+
+Orchestration lives here and only here, in `run_study`:
+1. load the data once, in the driver (trials get them through Ray's object store via
+   tune.with_parameters), and write the split manifest;
+2. open the Optuna study in its storage, refused when it was run with other data or settings
+   (tlstudy.study.storage), and fail the trials a dead driver left RUNNING;
+3. run what the study's design still needs (tlstudy.study.design: per cell, `budget` search
+   trials, then `seeds` replicates of the best) with a Tuner whose searcher is Ray's OptunaSearch
+   on that study and whose scheduler asks the study's pruner after every epoch
+   (tlstudy.study.search); each trial is tlstudy.training.loop.fit in `trainable`, and prints its
+   line (`Progress`). Trials that failed run again, up to --max-retries times.
+The exports and the report (tlstudy.analysis) are read back from the storage afterwards.
+Rerunning the same command continues the study: finished trials are not run again.
+"""
+
+# ruff: noqa: E402 (Ray reads the two variables below when it is imported)
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Ctrl-C must reach the study as KeyboardInterrupt (then: exit 130 and our own resume line),
+# not Tune's handler, which ends fit() quietly and suggests Tuner.restore.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+# Tune's legacy console reporter: at verbose=0 it prints nothing, where the new one still
+# prints its configuration box and log paths; --verbose gives its tables back.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import optuna
+import ray
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from ray import tune
+
+from tlstudy.data import splits as data_splits
+from tlstudy.errors import UserError
+from tlstudy.names import (
+    BASE_CONFIG,
+    BUDGET,
+    CELL,
+    COMMAND,
+    DATA,
+    DATA_ARGS,
+    DESIGN,
+    FAIL_REASON,
+    FINGERPRINT,
+    METRIC,
+    NODE_ID,
+    PHASE,
+    PROFILE,
+    REPLICATE,
+    SPACE,
+    SPACE_SUMMARY,
+    THROUGHPUT,
+    TRAIN_SEED,
+)
+from tlstudy.settings import DEFAULTS, StudySettings, TrialConfig, fingerprint
+from tlstudy.spaces import Space
+from tlstudy.study import design, storage
+from tlstudy.study.search import OptunaPruningScheduler, OptunaPruningSearch
+from tlstudy.training import models
+from tlstudy.training.loop import fit
+
+# The speed measurement of spaces whose cells differ in architecture (measure_speed).
+THROUGHPUT_STEPS, THROUGHPUT_RUNS = 5, 5
+
+
+def trainable(config: dict, data: data_splits.Splits) -> None:
+    """The Ray Tune function trainable: tlstudy.training.loop.fit on its config, reported every epoch."""
+    node_id = ray.get_runtime_context().get_node_id()
+    for rec in fit(TrialConfig.of(config), data):
+        tune.report({**rec, NODE_ID: node_id})
+
+
+@dataclass
+class Outcome:
+    """How a run of the study ended: its exit status (0; 1 when a cell lacks its replicates, 0 with
+    --allow-failures; 130 after Ctrl-C), the study, and the cells left without their replicates."""
+
+    code: int
+    study: optuna.Study
+    incomplete: list[str]
+
+
+def run_study(settings: StudySettings, space: Space) -> Outcome:
+    """Run (or continue) the study of `space` with `settings`."""
+    results = Path(settings.results)
+    store = storage.open_storage(settings.storage, heartbeat=settings.heartbeat)
+    # The data before the study: a bad data set must not leave a half-made study behind.
+    splits = data_splits.load(settings.data)
+    summary = space.summary()
+    comparability = settings.comparability(summary)
+    study = storage.open_study(
+        settings.study_name,
+        store,
+        settings.storage,
+        comparability,
+        design.PerCellSampler(settings.data.seed),
+        new=settings.new_study,
+    )
+    storage.enable_wal(settings.storage)
+    info = splits.info()
+    attrs = {
+        SPACE: space.name,
+        SPACE_SUMMARY: summary,
+        DESIGN: comparability,
+        FINGERPRINT: fingerprint(comparability),
+        PROFILE: settings.profile,
+        DATA: {k: v for k, v in info.items() if k != "classes"},
+        BASE_CONFIG: settings.shared,
+        DATA_ARGS: settings.data.as_flags(),
+        COMMAND: settings.command,
+        BUDGET: {"budget": settings.budget, "seeds": settings.seeds, "pruner": settings.pruner},
+    }
+    for k, v in attrs.items():
+        study.set_user_attr(k, v)
+    splits.write_manifest(results / settings.study_name / "splits.csv")
+    print(f"space {space.name}: {space.description}")
+    print(
+        f"data: {info['data_source']}  train/val/test {info['n_train']}/{info['n_val']}/{info['n_test']} "
+        f"at {info['image_size']} px; {splits.group_note}" + (f"\nnote: {splits.val_note}" if splits.val_note else "")
+    )
+    if splits.skipped:
+        print(f"note: skipped {len(splits.skipped)} unreadable images (--skip-bad-images), e.g. {splits.skipped[0]}")
+    say_weights(space, settings.shared)
+    url = storage.display_url(settings.storage)
+    print(
+        f"study {study.study_name!r} in {url}; watch it live: optuna-dashboard {url} --artifact-dir "
+        f"{results / 'artifacts'}"
+    )
+
+    abandoned = storage.resolve_abandoned(study, store)
+    if abandoned:
+        print(
+            f"resume: {abandoned} trials left RUNNING by a driver that stopped were marked FAIL; their cells run again"
+        )
+    first = len(study.trials)
+    for attempt in range(settings.max_retries + 1):
+        n_trials = design.missing(study.get_trials(deepcopy=False), space.cells, settings.budget, settings.seeds)
+        if not n_trials:
+            break
+        if attempt == 0:
+            print(
+                f"{len(space.cells)} cells x ({settings.budget} search + {settings.seeds} replicates); "
+                f"{first} trials stored, running {n_trials}"
+            )
+        else:
+            print(f"retry {attempt} of {settings.max_retries}: running the {n_trials} trials still missing")
+        try:
+            run_trials(settings, space, study, store, splits, n_trials)
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted: finished trials are stored. Resume with the same command:\n  {settings.command}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return Outcome(130, study, [])
+    print_failures(study, first)
+    measure_speed(study, space, settings)
+    incomplete = design.incomplete_cells(study.get_trials(deepcopy=False), space.cells, settings.seeds)
+    return Outcome(1 if incomplete and not settings.allow_failures else 0, study, incomplete)
+
+
+def run_trials(
+    settings: StudySettings, space: Space, study: optuna.Study, store: Any, splits: data_splits.Splits, n_trials: int
+) -> None:
+    """Run up to n_trials trials of the study's design under Ray Tune."""
+    init_ray(settings)
+    artifacts = (Path(settings.results) / "artifacts").resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    searcher = OptunaPruningSearch(
+        space=None,
+        metric=METRIC,
+        mode="min",
+        storage=store,
+        study_name=study.study_name,
+        sampler=study.sampler,
+        pruner=design.make_pruner(settings.pruner, settings.shared["epochs"]),
+        artifact_dir=artifacts,
+        plan=(space.cells, settings.budget, settings.seeds),
+        test_images=(splits.ids["test"], splits.y["test"].tolist()),
+        progress=Progress(n_trials, study.get_trials(deepcopy=False)),
+    )
+    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+    # With a searcher, Tune keeps one trial pending at a time unless concurrency is bounded:
+    # the second slot's worker would start only once the first trial runs (12 s later here).
+    max_concurrent = settings.max_concurrent or slots(ray.cluster_resources(), resources)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
+        param_space={**settings.shared, **space.param_space},
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=OptunaPruningScheduler(searcher),
+            num_samples=n_trials,
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str((Path(settings.results) / "ray" / space.name).resolve()),
+            callbacks=[EpochLines()] if settings.verbose else [],
+            verbose=1 if settings.verbose else 0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        searcher.fail_unfinished("interrupted before its last epoch")
+
+
+def init_ray(settings: StudySettings) -> None:
+    """Start a Ray of its own, or join the cluster of --address (or RAY_ADDRESS); once per process."""
+    if ray.is_initialized():
+        return
+    address = settings.address or os.environ.get("RAY_ADDRESS")
+    # "local": without it, ray.init joins any Ray already running on this machine (another
+    # user's, another study's) instead of starting this study's own. Trials' own output (the
+    # weights-fallback warning of each) only with --verbose: the progress lines say what matters.
+    kwargs: dict[str, Any] = dict(address=address or "local", include_dashboard=False, log_to_driver=settings.verbose)
+    if not address and settings.num_cpus:
+        kwargs["num_cpus"] = settings.num_cpus
+    # Ray's default for a local cluster (token authentication on) is fine on loopback; its
+    # warning about it at every start is not news (a logger's name: Ray's private module logs it).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        lambda record: "Token authentication is enabled" not in record.getMessage()
+    )
+    try:
+        ray.init(logging_level="WARNING", **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
+
+
+def slots(cluster: dict, resources: dict) -> int:
+    """How many trials with `resources` the cluster's resources (ray.cluster_resources()) fit at once."""
+    fits = [cluster.get(k.upper(), 0) / v for k, v in resources.items() if v]
+    return max(1, int(min(fits))) if fits else 1
+
+
+def measure_speed(study: optuna.Study, space: Space, settings: StudySettings) -> None:
+    """Time each architecture of a space whose cells differ in it (tlstudy.training.throughput),
+    once per study: claim 1 compares training speed on this, not on trials' epoch times."""
+    archs = sorted({a for (a,) in _choices(space, "arch")})
+    if len(archs) < 2 or settings.shared.get("mode") == "frozen" or study.user_attrs.get(THROUGHPUT):
+        return
+    from tlstudy.training import throughput
+
+    size = settings.data.image_size
+    print(
+        f"timing {', '.join(archs)}: {THROUGHPUT_STEPS} training steps x {THROUGHPUT_RUNS} runs each, "
+        f"batch 16, {size} px, one thread",
+        flush=True,
+    )
+    study.set_user_attr(THROUGHPUT, throughput.measure(archs, size, steps=THROUGHPUT_STEPS, runs=THROUGHPUT_RUNS))
+
+
+def say_weights(space: Space, shared: dict) -> None:
+    """One line up front when pretrained weights are missing here (each trial would warn on its own)."""
+    pairs = {(shared.get("arch", a), shared.get("weights", w)) for a, w in _choices(space, "arch", "weights")}
+    missing = sorted(
+        f"{a} {w}" for a, w in pairs if w not in (None, "none") and not os.path.exists(models.weights_file(a, w))
+    )
+    if missing:
+        print(
+            f"weights: {', '.join(missing)} not in {torch.hub.get_dir()}/checkpoints: "
+            f"{'those trials will fail' if shared['weights_policy'] == 'strict' else 'trained from a RANDOM init'}"
+        )
+
+
+def _choices(space: Space, *keys: str) -> list[tuple]:
+    """Every combination of the values `keys` take in the space's cells (or its fixed settings)."""
+    combos = {tuple(c.as_dict().get(k, space.fixed.get(k, DEFAULTS[k])) for k in keys) for c in space.cells}
+    return sorted(combos, key=str)
+
+
+def print_failures(study: optuna.Study, first: int) -> None:
+    """Count the study's failed trials by reason (the fail_reason user attribute)."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    if not failed:
+        return
+    print(f"failed trials: {len(failed)} ({sum(t.number >= first for t in failed)} in this run); by reason:")
+    reasons: dict[str, list[int]] = {}
+    for t in failed:
+        reason = (t.user_attrs.get(FAIL_REASON) or "no reason recorded").strip().splitlines()
+        reasons.setdefault(reason[-1][:160] if reason else "", []).append(t.number)
+    for reason, numbers in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {len(numbers)} x {reason}  (trials {', '.join(map(str, numbers))})")
+
+
+# ---------------------------------------------------------------- what a running study prints
+
+
+class Progress:
+    """One line per finished trial, in Optuna's numbering, with a running count and an ETA; the
+    searcher calls it for each trial it tells Optuna about."""
+
+    def __init__(self, total: int, trials: list[FrozenTrial] = ()):  # type: ignore[assignment]
+        self.total, self.t0, self.counts = total, time.time(), {}
+        self.best: dict[str, tuple[float, int]] = {}
+        for t in trials:  # the best so far includes the stored trials of a resumed study
+            cell = t.user_attrs.get(CELL)
+            if t.state == TrialState.COMPLETE and (cell not in self.best or t.value < self.best[cell][0]):
+                self.best[cell] = (t.value, t.number)
+
+    def __call__(
+        self,
+        number: int,
+        attrs: dict,
+        state: str,
+        value: float | None,
+        epochs: int,
+        test_acc: float | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.counts[state] = self.counts.get(state, 0) + 1
+        done = sum(self.counts.values())
+        elapsed = time.time() - self.t0
+        eta = elapsed / done * (self.total - done) if done < self.total else 0
+        cell, phase = attrs.get(CELL, "?"), attrs.get(PHASE, "?")
+        what = f"{phase} seed {attrs.get(TRAIN_SEED)}" if phase == REPLICATE else phase
+        if state == "COMPLETE":
+            best = self.best.get(cell)
+            if best is None or value < best[0]:
+                self.best[cell] = best = (value, number)
+            test = "" if test_acc is None else f", test acc {test_acc:.1%}"  # search trials score no test
+            result = f"val_loss {value:.4f}, {epochs} epochs{test}; best in cell {best[0]:.4f} (#{best[1]})"
+        elif state == "PRUNED":
+            result = f"pruned after {epochs} epochs"
+        else:
+            result = f"after {epochs} epochs: {(reason or 'no reason').strip().splitlines()[-1][:100]}"
+        print(
+            f"[{done}/{self.total} {clock(elapsed)} ETA {clock(eta)}] #{number} {cell} | {what} | {state} {result}",
+            flush=True,
+        )
+
+
+def clock(seconds: float) -> str:
+    """Seconds as minutes:seconds, 75 -> '1:15'."""
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+class EpochLines(tune.Callback):
+    """--verbose: one line per trial per epoch."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        cfg = trial.config
+        print(
+            f"[{trial.trial_id}] {cfg.get('arch')} epoch {result['epoch']}/{cfg.get('epochs')}: "
+            f"train_loss {result['train_loss']:.4f} val_loss {result['val_loss']:.4f} "
+            f"val_acc {result['val_acc']:.2%} ({result['epoch_s']:.1f} s)",
+            flush=True,
+        )

@@ -1,0 +1,294 @@
+"""One trial: train a model on prepared `Splits`, one epoch at a time, and score it.
+
+`fit(config, data)` yields one metrics dict per epoch (tlstudy.names' EPOCH_KEYS), so a caller
+(`tlstudy trial`, the Ray trainable) can report each epoch and stop between epochs; the last one
+also holds the results under "summary": the report's columns and the test metrics at the
+lowest-val-loss (test_best_*), highest-val-accuracy (test_bestacc_*) and final (test_final_*)
+checkpoints. As in the PyTorch ImageNet example, `train_epoch`, `evaluate` and the metrics live
+together. The data stay uint8 tensors, batches picked by indexing and normalised whole; a frozen
+backbone runs once per split, its head trained on cached features (training.feature_cache).
+Predictions are the argmax over ALL outputs, as the report did (with 6 or 10 outputs an index
+that is no class is an error); class 1 (PNEUMONIA) is positive.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, recall_score, roc_auc_score
+from torch import nn
+
+from tlstudy.data.splits import Splits
+from tlstudy.errors import UserError
+from tlstudy.names import CHECKPOINTS, EPOCH_KEYS, PREDICTIONS, SUMMARY
+from tlstudy.settings import TrialConfig
+from tlstudy.training import models
+from tlstudy.training.models import augment, make_optimizer, make_scheduler, native_bf16, parse_repeat, switch, to_input
+
+EVAL_BATCH = 128
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """How a trial's batches run, fixed once per trial and read by every step of it."""
+
+    device: torch.device
+    amp: bool  # bf16 autocast
+    fmt: torch.memory_format  # torch.channels_last or torch.contiguous_format
+    mode: str  # finetune | frozen
+    frozen_bn: str  # frozen mode's BatchNorm: eval | train
+    features: bool  # the network is the head alone, trained on cached backbone features
+
+
+def fit(config: TrialConfig, data: Splits) -> Iterator[dict]:
+    """Train per `config` on `data`; yield one metrics dict per epoch."""
+    t_start = time.perf_counter()
+    device = check(config)
+    models.seed_everything(config.train_seed)
+    amp = switch(config.amp, native_bf16(device))
+    channels_last = switch(config.channels_last, amp)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    train_repeat, eval_repeat = parse_repeat(config.train_repeat), parse_repeat(config.eval_repeat)
+
+    model, weights_source = models.build(
+        config.arch, config.weights, config.out_features, config.mode, config.weights_policy, data.num_classes
+    )
+    model.to(device, memory_format=fmt)
+    build_s = time.perf_counter() - t_start
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(config, params)
+    scheduler = make_scheduler(config, optimizer)
+    run = RunContext(device, amp, fmt, config.mode, config.frozen_bn, features=uses_feature_cache(config))
+    y = {s: t.to(device, non_blocking=True) for s, t in data.y.items()}
+    if run.features:
+        from tlstudy.training import feature_cache  # frozen trials only
+
+        repeats = {"train": train_repeat, "val": eval_repeat, "test": eval_repeat}
+        x, hits = feature_cache.for_splits(model, data.x, repeats, config, weights_source, run)
+        net = models.find_head(model)[1]  # trains in place: `model` ends with the trained head
+        cache_use = {0: "built", len(x): "hit"}.get(hits, "partial")
+    elif device.type == "cuda":  # the whole uint8 dataset fits on any GPU (Kermany at 224 px is 300 MB)
+        x = {s: t.pin_memory().to(device, non_blocking=True) for s, t in data.x.items()}
+        net, cache_use = model, "off"
+    else:
+        x, net, cache_use = data.x, model, "off"
+    gen = torch.Generator().manual_seed(config.train_seed)
+
+    # The checkpoints a trial is tested at: lowest val loss (the study's choice), highest val
+    # accuracy (the tutorial's choice), and the last epoch.
+    best: dict[str, dict] = {"loss": {}, "acc": {}}
+    history = []
+    startup_s = time.perf_counter() - t_start
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        with models.threads(1 if run.features and device.type == "cpu" else None):
+            train_loss, train_acc = train_epoch(net, x["train"], y["train"], optimizer, config, train_repeat, gen, run)
+            val_loss, val_acc, _ = evaluate(net, x["val"], y["val"], eval_repeat, run)
+        if scheduler:
+            scheduler.step()
+        values = (epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - t0)
+        rec = dict(zip(EPOCH_KEYS, values))
+        history.append(rec)
+        # The first epoch always makes a checkpoint, so a NaN first epoch still leaves one.
+        last_best = best["loss"].get("val_loss", np.nan)
+        better_loss = not best["loss"] or val_loss < last_best or not np.isfinite(last_best)
+        better_acc = not best["acc"] or val_acc > best["acc"]["val_acc"]
+        # One copy of the weights for both checkpoints, and none at the last epoch: the model holds them.
+        state = _state_copy(net) if (better_loss or better_acc) and epoch < config.epochs else None
+        if better_loss:
+            best["loss"] = {"val_loss": val_loss, "epoch": epoch, "state": state}
+        if better_acc:
+            best["acc"] = {"val_acc": val_acc, "epoch": epoch, "state": state}
+        if epoch == config.epochs:
+            summary = summarize(net, x, y, data, best, history, eval_repeat, run, config.score_test)
+            how = dict(feature_cache=cache_use, weights_source=weights_source, device=str(device), amp=amp)
+            how.update(
+                threads=torch.get_num_threads(), channels_last=channels_last, startup_s=startup_s, build_s=build_s
+            )
+            summary.update(
+                wall_s=time.perf_counter() - t_start, **how, **{**data.info(), "classes": ",".join(data.classes)}
+            )
+            rec = {**rec, SUMMARY: summary}
+        yield rec
+
+
+def check(config: TrialConfig) -> torch.device:
+    """Refuse a configuration that cannot train (one line, before any data or model); its device."""
+    parse_repeat(config.train_repeat), parse_repeat(config.eval_repeat)
+    models.check(config.arch, config.weights, config.out_features, mode=config.mode, policy=config.weights_policy)
+    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device} asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def uses_feature_cache(config: TrialConfig) -> bool:
+    """Whether a trial trains on cached features: a frozen backbone whose BatchNorm stays in eval
+    mode (in train mode its output depends on the batch), and no random augmentation."""
+    return (
+        config.mode == "frozen" and config.frozen_bn == "eval" and not config.augment and config.feature_cache == "auto"
+    )
+
+
+def train_epoch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    config: TrialConfig,
+    repeat: tuple,
+    gen: torch.Generator,
+    run: RunContext,
+) -> tuple[float, float]:
+    """One epoch over x in a random order; returns (mean loss, accuracy)."""
+    models.set_mode(model, run.mode, training=True, frozen_bn=run.frozen_bn)
+    criterion = nn.CrossEntropyLoss()
+    n, bs = len(y), config.batch_size
+    perm = torch.randperm(n, generator=gen).to(x.device)
+    total_loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    seen = 0
+    for i in range(0, n, bs):
+        idx = perm[i : i + bs]
+        if len(idx) < 2 and seen:
+            continue  # BatchNorm cannot train on a batch of one; drop such a remainder
+        xb, yb = x[idx], y[idx]
+        if config.augment:
+            xb = augment(xb.float(), gen if xb.device.type == "cpu" else None)
+        inp = _input(xb, repeat, run)
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+            out = model(inp)
+        loss = criterion(out.float(), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach() * len(idx)
+        correct += correct_count(out, yb)
+        seen += len(idx)
+    mean_loss = total_loss.item() / seen
+    if not np.isfinite(mean_loss):
+        raise FloatingPointError(f"non-finite training loss ({mean_loss}); lower the learning rate")
+    return mean_loss, correct.item() / seen
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeat: tuple, run: RunContext
+) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and the logits (float, on the CPU) of the model on one split."""
+    models.set_mode(model, run.mode, training=False)
+    logits = []
+    for xb in x.split(EVAL_BATCH):
+        inp = _input(xb, repeat, run)
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+            logits.append(model(inp).float())
+    out = torch.cat(logits)
+    loss = nn.functional.cross_entropy(out, y).item()
+    return loss, correct_count(out, y).item() / len(y), out.cpu()
+
+
+def _input(xb: torch.Tensor, repeat: tuple, run: RunContext) -> torch.Tensor:
+    """A batch as the network takes it: cached features as they are, images expanded and normalised."""
+    return xb if run.features else to_input(xb, repeat).contiguous(memory_format=run.fmt)
+
+
+def summarize(
+    model: nn.Module,
+    x: dict,
+    y: dict,
+    data: Splits,
+    best: dict,
+    history: list,
+    eval_repeat: tuple,
+    run: RunContext,
+    score_test: bool = True,
+) -> dict:
+    """The trial's results: report-table figures, and (score_test) test metrics and per-image
+    predictions at the final, best-val-loss and best-val-accuracy checkpoints."""
+    last, best_loss = history[-1], best["loss"]
+    out = {f"final_{k}": last[k] for k in ("train_loss", "val_loss", "val_acc")}
+    out.update(best_train_acc=max(h["train_acc"] for h in history), best_val_acc=max(h["val_acc"] for h in history))
+    out.update(best_val_loss=best_loss["val_loss"], best_epoch=best_loss["epoch"], best_acc_epoch=best["acc"]["epoch"])
+    out["epochs"] = len(history)
+    if not score_test:
+        return out
+    # The three checkpoints are often one epoch (the last, in a short trial): each distinct
+    # epoch's weights are scored once. The model holds the final epoch's weights on entry.
+    checkpoints = {
+        "final": (len(history), None),
+        "best": (best["loss"]["epoch"], best["loss"]["state"]),
+        "bestacc": (best["acc"]["epoch"], best["acc"]["state"]),
+    }
+    logits_at: dict[int, torch.Tensor] = {}
+    predictions = {}
+    for tag, (epoch, state) in checkpoints.items():
+        if epoch not in logits_at:
+            if state is not None:
+                model.load_state_dict(state)
+            logits_at[epoch] = evaluate(model, x["test"], y["test"], eval_repeat, run)[2]
+        m = test_metrics(logits_at[epoch], data.y["test"], data.num_classes)
+        out.update({f"test_{tag}_{k}": v for k, v in m.items()})
+        predictions[CHECKPOINTS[tag]] = per_image(logits_at[epoch], data.num_classes)
+    # One string: Ray's loggers keep it as it is, where lists would be split or dropped.
+    out[PREDICTIONS] = json.dumps(predictions, separators=(",", ":"))
+    return out
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def correct_count(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """How many argmax predictions in a batch are right, as a tensor: summing on the device
+    avoids a host sync per batch."""
+    return (output.argmax(1) == target).sum()
+
+
+def test_metrics(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict:
+    """Accuracy (correct / total), balanced accuracy, ROC AUC, sensitivity, specificity and
+    the confusion matrix (rows: true classes; columns: every output index)."""
+    logits = torch.as_tensor(logits).float()
+    y = np.asarray(target)
+    pred = logits.argmax(1).numpy()
+    out_features = logits.shape[1]
+    recall = recall_score(y, pred, labels=list(range(num_classes)), average=None, zero_division=0)
+    # Scores for AUC: probabilities over the real classes only, renormalised.
+    prob = torch.softmax(logits[:, :num_classes], 1).numpy()
+    if len(np.unique(y)) < 2 or not np.isfinite(prob).all():  # one class, or a diverged model's logits
+        auc = float("nan")
+    elif num_classes == 2:
+        auc = roc_auc_score(y, prob[:, 1])
+    else:
+        auc = roc_auc_score(y, prob, multi_class="ovr", labels=list(range(num_classes)))
+    cm = confusion_matrix(y, pred, labels=list(range(out_features)))[:num_classes]
+    return {
+        "acc": float((pred == y).mean()),
+        "correct": int((pred == y).sum()),
+        "total": int(len(y)),
+        "balanced_acc": float(recall.mean()),
+        "auc": float(auc),
+        "sensitivity": float(recall[1]) if num_classes == 2 else None,
+        "specificity": float(recall[0]) if num_classes == 2 else None,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def per_image(logits: torch.Tensor, num_classes: int) -> dict:
+    """Per test image: the predicted output index (argmax over all outputs) and the class-1
+    (PNEUMONIA) score, a probability renormalised over the real classes; for predictions.csv."""
+    logits = torch.as_tensor(logits).float()
+    prob = torch.softmax(logits[:, :num_classes], 1)
+    return {
+        "pred": logits.argmax(1).tolist(),
+        "score": [round(v, 5) for v in prob[:, min(1, num_classes - 1)].tolist()],
+    }
+
+
+def _state_copy(model: nn.Module) -> dict:
+    return copy.deepcopy(model.state_dict())

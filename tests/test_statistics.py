@@ -1,0 +1,234 @@
+"""tlstudy.analysis.statistics on simulated per-image predictions, with numpy and scipy for real.
+
+The simulator gives each test image a difficulty shared by every model (so errors are
+correlated across models, as real ones are), each cell its own per-image effect (two
+architectures do not fail on exactly the same images), each training seed a model quality,
+and each seed x image its Bernoulli noise. Every RNG is seeded.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import optimize, special, stats
+
+from tlstudy.analysis import statistics
+
+N_IMAGES, N_POS = 624, 390  # Kermany's test split: 234 NORMAL, 390 PNEUMONIA
+
+
+def draw_images(rng, n=N_IMAGES, n_pos=N_POS, difficulty=4.0, class_shift=1.0):
+    """(label, ease): labels, and a logit ease per image shared by every model (NORMAL is harder)."""
+    label = np.r_[np.zeros(n - n_pos, int), np.ones(n_pos, int)]
+    return label, rng.normal(np.where(label == 1, class_shift, -class_shift), difficulty)
+
+
+def simulate(rng, images, n_seeds, acc, seed_sd=0.015, cell_sd=0.7, difficulty=4.0, class_shift=1.0):
+    """K x n correct matrix of one cell whose population accuracy is `acc` and whose per-seed
+    accuracy has sd about `seed_sd` (seed quality plus the seed x image noise)."""
+    label, ease = images
+    own = rng.normal(0, cell_sd, len(label))
+    x, w = np.polynomial.hermite_e.hermegauss(60)  # the population of images, by quadrature
+    sd, pos = np.hypot(difficulty, cell_sd), label.mean()
+    offset = np.r_[class_shift + sd * x, -class_shift + sd * x]
+    weight = np.r_[pos * w, (1 - pos) * w] / w.sum()
+    theta = optimize.brentq(lambda t: weight @ special.expit(t + offset) - acc, -30, 30)
+    s = special.expit(theta + offset)
+    slope = weight @ (s * (1 - s))  # d accuracy / d logit shift; also the mean Bernoulli variance
+    quality = np.sqrt(max(0.0, seed_sd**2 - slope / len(label)))  # what the noise leaves to the seed
+    q = rng.normal(0, quality / slope, (n_seeds, 1))
+    return rng.random((n_seeds, len(label))) < special.expit(theta + q + ease + own)
+
+
+def frame_of(correct, label, study="sim", cell="a", start=0, checkpoint="best_loss"):
+    """The study's long predictions frame for a K x n correct matrix (a wrong answer is the other class)."""
+    k, n = correct.shape
+    pred = np.where(correct, label, 1 - label).ravel()
+    return pd.DataFrame(
+        {
+            "study": study,
+            "number": np.repeat(np.arange(start, start + k), n),
+            "cell": cell,
+            "phase": "replicate",
+            "train_seed": np.repeat(np.arange(k), n),
+            "checkpoint": checkpoint,
+            "image_id": np.tile([f"img{i:04d}" for i in range(n)], k),
+            "label": np.tile(label, k),
+            "pred": pred,
+            "score": np.where(pred == 1, 0.9, 0.1),
+        }
+    )
+
+
+def pair(rng, n_seeds, acc_a, acc_b, seed_sd=0.015, cell_sd=0.7, **kw):
+    """Prediction frames of two cells tested on the same images."""
+    images = draw_images(rng, **kw)
+    a = simulate(rng, images, n_seeds, acc_a, seed_sd, cell_sd, **kw)
+    b = simulate(rng, images, n_seeds, acc_b, seed_sd, cell_sd, **kw)
+    return frame_of(a, images[0], cell="a"), frame_of(b, images[0], cell="b", start=n_seeds)
+
+
+def mc_bound(rate, n):
+    """rate + 3 binomial standard errors of a rate measured over n simulations."""
+    return rate + 3 * np.sqrt(rate * (1 - rate) / n)
+
+
+# ---------------------------------------------------------------- proportions, metrics, frames
+
+
+@pytest.mark.parametrize("k,n", [(0, 624), (624, 624), (487, 624), (3, 10)])
+def test_wilson_matches_the_closed_form_and_scipy(k, n):
+    z = stats.norm.ppf(0.975)
+    p = k / n
+    centre, half = (p + z * z / (2 * n)), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    expected = ((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n))
+    low, high = statistics.wilson(k, n)
+    assert (low, high) == pytest.approx(expected, abs=1e-9)
+    ci = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+    assert (low, high) == pytest.approx((ci.low, ci.high))
+    assert 0 <= low <= p <= high <= 1 and high - low > 0.001  # not collapsed at 0 % or 100 %
+
+
+def test_metrics_count_a_non_class_prediction_as_wrong():
+    label = np.array([0, 0, 0, 1, 1])
+    pred = np.array([0, 2, 1, 1, 7])  # 2 and 7: out_features > 2 heads predicting no class
+    assert statistics.metric_of(pred, label, "acc") == pytest.approx(2 / 5)
+    assert statistics.metric_of(pred, label, "specificity") == pytest.approx(1 / 3)
+    assert statistics.metric_of(pred, label, "sensitivity") == pytest.approx(1 / 2)
+    assert statistics.metric_of(pred, label, "balanced_acc") == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert statistics.metric_of(np.vstack([pred, label]), label, "acc") == pytest.approx([0.4, 1.0])
+    with pytest.raises(ValueError, match="unknown metric"):
+        statistics.metric_of(pred, label, "auc")
+
+
+def test_cells_on_different_images_are_refused():
+    rng = np.random.default_rng(1)
+    a, b = pair(rng, 3, 0.8, 0.8)
+    c, label, ids = statistics.correct_matrix(a)
+    assert c.shape == (3, N_IMAGES) and len(ids) == N_IMAGES and label.sum() == N_POS
+    with pytest.raises(ValueError, match="different images"):
+        statistics.paired(a, b.assign(image_id=b.image_id.str.replace("img0", "other0")))
+    with pytest.raises(ValueError, match="lack predictions"):
+        statistics.correct_matrix(a.iloc[1:])
+    with pytest.raises(ValueError, match="several checkpoints"):
+        statistics.correct_matrix(pd.concat([a, a.assign(checkpoint="final")]))
+
+
+def test_vectorised_bootstrap_draws_like_an_explicit_resampling_loop():
+    rng = np.random.default_rng(2)
+    label = np.r_[np.zeros(40, int), np.ones(60, int)]
+    ca, cb = rng.random((4, 100)) < 0.8, rng.random((3, 100)) < 0.7
+    u = statistics.image_weights(label, "balanced_acc")
+    fast = statistics._boot([ca, cb], [1, -1], label, u, 4000, np.random.default_rng(3))
+    slow = []
+    for _ in range(4000):
+        imgs = np.r_[rng.choice(40, 40), 40 + rng.choice(60, 60)]  # within class, as the test split is fixed
+        sa, sb = ca[rng.choice(4, 4)][:, imgs], cb[rng.choice(3, 3)][:, imgs]
+        w = statistics.image_weights(label[imgs], "balanced_acc")
+        slow.append((sa @ w).mean() - (sb @ w).mean())
+    assert fast.mean() == pytest.approx(np.mean(slow), abs=0.004)
+    assert fast.std() == pytest.approx(np.std(slow), rel=0.08)
+
+
+# ---------------------------------------------------------------- calibration and power
+
+
+def test_false_positive_rate_of_the_paired_test_with_3_to_5_seeds():
+    """Null: two cells with the same population accuracy, each with its own per-image effect."""
+    rng = np.random.default_rng(10)
+    p = []
+    for k in (3, 4, 5):
+        for seed_sd in (0.01, 0.02):
+            for cell_sd in (0.7, 1.5):
+                for _ in range(50):
+                    p.append(statistics.paired(*pair(rng, k, 0.8, 0.8, seed_sd, cell_sd), n_boot=0)["p"])
+    rate, se = np.mean(np.array(p) < 0.05), np.sqrt(0.05 * 0.95 / len(p))
+    print(
+        f"\nfalse-positive rate over {len(p)} null comparisons (3-5 seeds, seed sd 1-2 points, 624 images): "
+        f"{rate:.3f} +- {se:.3f} (MC SE at 5 %)"
+    )
+    assert 0.05 - 3 * se <= rate <= 0.05 + 3 * se  # neither anti-conservative nor blunt
+
+
+def test_false_positive_rate_when_the_cells_fail_on_different_images():
+    """Where the cells' own per-image effects dominate (cell_sd 2.5, seed sd 1 point), a Welch test
+    on the per-seed accuracies alone, which conditions on these 624 images, rejected 28 % of 300
+    null comparisons: the image term of the variance is needed."""
+    rng = np.random.default_rng(11)
+    p = [statistics.paired(*pair(rng, 5, 0.8, 0.8, 0.01, cell_sd=2.5), n_boot=0)["p"] for _ in range(150)]
+    assert np.mean(np.array(p) < 0.05) <= mc_bound(0.05, len(p))
+
+
+@pytest.mark.parametrize("k,least", [(5, 0.8), (3, 0.5)])
+def test_power_for_a_5_point_difference(k, least):
+    rng = np.random.default_rng(20 + k)
+    hits = 0
+    for _ in range(100):
+        r = statistics.paired(*pair(rng, k, 0.80, 0.75, seed_sd=0.015), n_boot=0)
+        hits += r["p"] < 0.05 and r["estimate"] > 0
+    print(f"\npower, 5-point difference, 624 images x {k} seeds (seed sd 1.5 points): {hits / 100:.2f} over 100")
+    assert hits / 100 >= least
+
+
+def test_tost_accepts_equal_cells_and_rejects_a_5_point_gap():
+    rng = np.random.default_rng(30)
+    # Equivalence within +-2 points needs a tight difference: 8 seeds, seed sd 1 point.
+    same = [statistics.tost(*pair(rng, 8, 0.8, 0.8, seed_sd=0.01, cell_sd=0.0)) for _ in range(40)]
+    assert np.mean([t["p"] < 0.05 for t in same]) >= 0.85
+    assert all((t["p"] < 0.05) == t["equivalent"] for t in same)  # TOST p and the 90 % interval agree
+    gap = [statistics.tost(*pair(rng, 8, 0.8, 0.75, seed_sd=0.01, cell_sd=0.0)) for _ in range(40)]
+    assert all(t["p"] >= 0.05 and not t["equivalent"] for t in gap)
+    assert all(t["high"] < -0.02 or t["low"] > 0.02 for t in gap)  # and wholly outside the margin
+    # At a true gap of exactly the margin, TOST may accept only alpha of the time.
+    edge = [statistics.tost(*pair(rng, 5, 0.8, 0.78, seed_sd=0.01))["p"] < 0.05 for _ in range(150)]
+    assert np.mean(edge) <= mc_bound(0.05, len(edge))
+
+
+def test_paired_test_resolves_what_two_separate_intervals_do_not():
+    rng = np.random.default_rng(40)
+    paired_hits = overlap_hits = 0
+    for _ in range(30):
+        a, b = pair(rng, 5, 0.80, 0.77, seed_sd=0.01)
+        paired_hits += statistics.paired(a, b, n_boot=0)["p"] < 0.05
+        (_, lo_a, _), (_, _, hi_b) = statistics.cell_interval(a), statistics.cell_interval(b)
+        overlap_hits += lo_a > hi_b
+    assert paired_hits >= 22 and overlap_hits <= 3
+
+
+def test_paired_result_is_consistent():
+    rng = np.random.default_rng(50)
+    a, b = pair(rng, 4, 0.82, 0.78)
+    r = statistics.paired(a, b, "balanced_acc", n_boot=2000)
+    assert (r["n_seeds_a"], r["n_seeds_b"], r["n_images"]) == (4, 4, N_IMAGES)
+    assert r["estimate"] == pytest.approx(r["mean_a"] - r["mean_b"])
+    assert r["low"] < r["estimate"] < r["high"] and r["boot_low"] < r["estimate"] < r["boot_high"]
+    assert (r["p"] < 0.05) == (r["low"] > 0 or r["high"] < 0)
+    swapped = statistics.paired(b, a, "balanced_acc", n_boot=0)
+    assert swapped["estimate"] == pytest.approx(-r["estimate"]) and swapped["p"] == pytest.approx(r["p"])
+    with pytest.raises(ValueError, match="at least 2"):
+        statistics.paired(a[a.number == 0], b)
+
+
+# ---------------------------------------------------------------- Holm and timings
+
+
+def test_holm_step_down():
+    adjusted = statistics.holm([0.01, 0.04, 0.03, np.nan, 0.005])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and adjusted[4] == pytest.approx(0.02)
+    assert np.isnan(adjusted[3])
+    assert statistics.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_throughput_welch_and_ratio():
+    rng = np.random.default_rng(60)
+    slow, fast = rng.normal(0.120, 0.004, 6), rng.normal(0.100, 0.004, 8)
+    r = statistics.throughput(slow, fast)
+    assert r["p"] == pytest.approx(stats.ttest_ind(slow, fast, equal_var=False).pvalue) and r["p"] < 0.001
+    va, vb = slow.var(ddof=1) / 6, fast.var(ddof=1) / 8
+    df = (va + vb) ** 2 / (va**2 / 5 + vb**2 / 7)  # Welch-Satterthwaite, by hand
+    half = stats.t.ppf(0.975, df) * np.sqrt(va + vb)
+    assert (r["low"], r["high"]) == pytest.approx((r["estimate"] - half, r["estimate"] + half))
+    assert r["ratio"] == pytest.approx(np.exp(np.log(slow).mean() - np.log(fast).mean()))
+    assert r["ratio_low"] < r["ratio"] < r["ratio_high"] and r["ratio_low"] > 1
+    assert statistics.throughput(fast[:4], fast[4:])["p"] > 0.05
+    with pytest.raises(ValueError):
+        statistics.throughput(slow[:1], fast)
