@@ -427,7 +427,8 @@ def table(report):
         )
         rows.append(
             f"| {name} | {epochs} | {n['wall_s']:.1f} | {t['wall_s']:.1f} | **{r['ratio']:.1f}x** | "
-            f"{n['images_per_s']:.0f} | {t['images_per_s']:.0f} | {n['maxrss_mb']:.0f} (+{n['workers_maxrss_mb']:.0f}) | "
+            f"{n['images_per_s']:.0f} | {t['images_per_s']:.0f} | "
+            f"{n['maxrss_mb']:.0f} (+{n['workers_maxrss_mb']:.0f}) | "
             f"{t['maxrss_mb']:.0f} | {t['startup_s']:.2f} |"
         )
     s = report.get("study")

@@ -1,3 +1,3 @@
-"""Task D, B against C: fine-tuning vs the frozen feature extractor, per architecture and weights (no trials of its own)."""
+"""Task D, B against C: fine-tuning vs the frozen feature extractor, per architecture and weights (no own trials)."""
 
 COMPARE = ("taskB", "taskC")

@@ -1,4 +1,4 @@
-"""Run a study on a Ray cluster: python study/submit.py --cluster-address URL --space taskE  (the same as `tlstudy submit`)
+"""Run a study on a Ray cluster: python study/submit.py --cluster-address URL --space taskE (as `tlstudy submit`)
 
 A thin wrapper kept for checkouts and old commands: the code lives in the package (tlstudy.cli).
 """

@@ -113,8 +113,11 @@ def fake_runner(monkeypatch):
     report.report_run = lambda *args: None
     export = types.ModuleType("tlstudy.analysis.export")
     export.write = lambda *args: (None, {})
-    for name, module, package in (("runner", fake, tlstudy.study), ("report", report, tlstudy.analysis),
-                                  ("export", export, tlstudy.analysis)):
+    for name, module, package in (
+        ("runner", fake, tlstudy.study),
+        ("report", report, tlstudy.analysis),
+        ("export", export, tlstudy.analysis),
+    ):
         monkeypatch.setitem(sys.modules, module.__name__, module)
         monkeypatch.setattr(package, name, module, raising=False)
     monkeypatch.setattr(commands, "has_gpu", lambda: False)

@@ -85,6 +85,11 @@ class Space:
         """The parameters that define a cell, in order."""
         return list(dict.fromkeys(k for c in self.cells for k, _ in c.items))
 
+    def choices(self, *keys: str) -> list[tuple]:
+        """Every combination of the values `keys` take in the cells (or the fixed settings, or the defaults)."""
+        combos = {tuple(c.as_dict().get(k, self.fixed.get(k, DEFAULTS[k])) for k in keys) for c in self.cells}
+        return sorted(combos, key=str)
+
     def summary(self) -> dict[str, Any]:
         """The space as plain JSON: its searched distributions (as Optuna's), cells, fixed settings
         and profile overrides, and its file's hash; what a study stores of it."""
@@ -175,6 +180,7 @@ def available() -> list[tuple[str, str]]:
 def load(name: str | Path) -> Space:
     path = find(str(name))
     spec = importlib.util.spec_from_file_location(f"tlstudy_space_{path.stem}", path)
+    assert spec is not None and spec.loader is not None  # a .py file always has a spec
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

@@ -34,7 +34,7 @@ from tlstudy.names import (
     WEIGHTS_SOURCE,
 )
 from tlstudy.settings import StudySettings
-from tlstudy.study.storage import display_url
+from tlstudy.study.storage import display_url, open_storage
 
 REPORT_TASKS = ("taskA", "taskB", "taskC", "taskE")
 
@@ -63,7 +63,7 @@ def study_meta(study):
     )
 
 
-def claim_inputs(storage, current, artifact_dir):
+def claim_inputs(storage: Any, current: dict, artifact_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict, Any]:
     """(trials, predictions, studies, throughput) of the report's tasks stored beside the current studies."""
     trials, preds, meta, speed = [], [], {}, []
     names = set(optuna.get_all_study_names(storage))
@@ -120,8 +120,8 @@ def write_report(
     tasks = list(current)
     per_trial = pd.concat([f[1].assign(task=name) for name, (_, f) in current.items()], ignore_index=True)
     epochs = pd.concat([f[2].assign(task=name) for name, (_, f) in current.items()], ignore_index=True)
-    preds = [f[3] for _, f in current.values() if f[3] is not None]
-    preds = pd.concat(preds, ignore_index=True) if preds else None
+    found = [f[3] for _, f in current.values() if f[3] is not None]
+    preds = pd.concat(found, ignore_index=True) if found else None
     if per_trial.empty:
         raise UserError(f"study {studies[0].study_name!r} has no trials yet: run tlstudy run --space {space.name}")
     axes = [a for a in (["arch", "weights", "task"] if space.compare else space.axes) if a in per_trial]
@@ -197,3 +197,12 @@ def report_run(study: Any, space: spaces.Space, settings: StudySettings, trials:
         print(f"report: {written['report']}")
     print("exports: " + ", ".join(str(p) for p in paths.values()))
     print(f"browse: optuna-dashboard {display_url(settings.storage)} --artifact-dir {results / 'artifacts'}")
+
+
+def report_compared(space: spaces.Space, settings: StudySettings) -> int:
+    """Task D: the report on the compared studies, as they are stored (tlstudy analyze does the same)."""
+    store = open_storage(settings.storage)
+    studies = [optuna.load_study(study_name=name, storage=store) for name in space.compare]
+    paths = write_report(studies, space, Path(settings.results) / space.name, settings.margin, settings.alpha)
+    print(f"\n{space.name}: {paths.pop('table')}\nreport: {paths['report']}")
+    return 0

@@ -1,17 +1,10 @@
 """The `tlstudy` command: the checks of the user's arguments, the settings they resolve to, the dispatch.
 
-    tlstudy run --space taskE              the study (Ray Tune + Optuna); study/run.py
-    tlstudy trial --epochs 3               one trial, without Ray; study/trial.py
-    tlstudy analyze --space taskE          the report from a stored study; study/analyze.py
-    tlstudy dashboard --space taskE        optuna-dashboard on the study's storage; study/dashboard.py
-    tlstudy submit --cluster-address URL --space taskE   the study as a Ray job; study/submit.py
-
-The flags are tlstudy.cli.parsers'. Arguments first, heavy imports after: this module and what
-it imports at the top load neither torch nor Ray, so `--help` and a user's mistake (a wrong
-flag, an unknown space, a missing path) answer at once. A study's settings are resolved here,
-once (tlstudy.settings.resolve_study), and compared with its stored study before torch or Ray
-is imported: a rerun with other settings is refused in about a second. Nothing past this
-package sees the argparse namespace: the layers below get the settings objects.
+`tlstudy run | trial | analyze | dashboard | submit` (and study/*.py, thin wrappers). Arguments first,
+heavy imports after: this module and its imports load neither torch nor Ray, so `--help` and a user's
+mistake answer at once. A study's settings are resolved here, once (tlstudy.settings.resolve_study),
+and compared with its stored study before torch or Ray load: a refused rerun answers in about a
+second. Nothing past this package sees the argparse namespace.
 """
 
 from __future__ import annotations
@@ -120,7 +113,9 @@ def study_settings(path: Path, flags: dict[str, Any]) -> tuple[StudySettings, sp
     profile = flags.get("profile") or (attrs or {}).get(PROFILE) or ("full" if has_gpu() else "quick")
     settings = resolve_study(summary, profile, {**flags, "study_name": name})
     if attrs:
-        storage.check_comparable(attrs, settings.comparability(summary), name, flags["storage"])
+        from tlstudy.study import design  # Optuna: a stored study is there to compare with
+
+        design.check_comparable(attrs, settings.comparability(summary), name, flags["storage"])
     return settings, space
 
 
@@ -181,7 +176,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
             print(f"space {path.stem}: {spaces.describe(path)}\ncompares the studies {', '.join(compared)}")
             return 0
         runs = [study_settings(spaces.find(name), {**flags, "study_name": None}) for name in compared]
-        return max(_run_one(settings, space) for settings, space in runs)
+        codes = [_run_one(s, space or spaces.load(s.space)) for s, space in runs]
+        from tlstudy.analysis import report
+
+        return max(codes + [report.report_compared(spaces.load(path), runs[0][0])])
     settings, space = study_settings(path, flags)
     if args.show_config:
         show_config(with_gpus(settings), space or spaces.load(path))

@@ -1,15 +1,10 @@
-"""The flags of the `tlstudy` command: one parser per command, and the argument types they check.
-
-Every command's flags live here (`COMMANDS`, `build_parser`, `subparser`), with the types that
-refuse a bad value before anything runs, and the helpers that rewrite a command line
-(`replace_option`, `command_line`: a re-run command with the storage password hidden).
-tlstudy.cli.commands checks the arguments further and dispatches. Nothing here imports torch,
-Ray or Optuna: `--help` answers at once.
-"""
+"""The `tlstudy` parsers (`build_parser`, `subparser`), the argument types that refuse a bad value,
+and the rewriting of a command line (`replace_option`; `command_line`, its storage password hidden).
+`tlstudy trial`'s and `tlstudy submit`'s flags live with them (cli/trial_flags.py, cli/submit.py) and
+load only for them. No torch, Ray or Optuna here: `--help` answers at once."""
 
 import argparse
 import shlex
-import sys
 import textwrap
 
 from tlstudy.settings import CHOICES, DEFAULTS, PROFILES, PRUNERS
@@ -27,12 +22,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Each flag's default after its help, unless there is none to show (None, a bare switch)
     or the help says it already; the description as written."""
 
-    def _get_help_string(self, action):
+    def _get_help_string(self, action):  # argparse's hook for help text: how its formatters are made
         if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help
-        return super()._get_help_string(
-            action
-        )  # argparse's hook for help text; overriding it is how its formatters work
+        return super()._get_help_string(action)
 
 
 # ---------------------------------------------------------------- argument types
@@ -75,12 +68,8 @@ def sizes(text):
 def parsers(only=None):
     """The `tlstudy` parser, and {command: its parser}; with `only`, only that command's flags are
     added (the others answer with their summary), so a command loads no other command's flags."""
-    p = ArgumentParser(
-        prog="tlstudy",
-        formatter_class=HelpFormatter,
-        description="A reproducible hyperparameter-search study of transfer learning on chest X-rays "
-        "(Ray Tune + Optuna). `tlstudy COMMAND --help` shows a command's flags.",
-    )
+    about = "A reproducible hyperparameter-search study of transfer learning on chest X-rays (Ray Tune + Optuna)."
+    p = ArgumentParser(prog="tlstudy", formatter_class=HelpFormatter, description=about + " See COMMAND --help.")
     sub = p.add_subparsers(dest="subcommand", required=True, metavar="COMMAND", parser_class=ArgumentParser)
     for name, (add, summary) in COMMANDS.items():
         command = sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
@@ -180,11 +169,7 @@ def add_run_flags(p):
         action="store_true",
         help="a cell that ends without a COMPLETE trial is a warning, not exit status 1",
     )
-    g = p.add_argument_group("analysis")
-    g.add_argument(
-        "--margin", type=share, default=0.02, help="the equivalence margin, in accuracy, for 'no effect' claims"
-    )
-    g.add_argument("--alpha", type=share, default=0.05, help="the family-wise error rate of the claims (Holm)")
+    add_claim_flags(p.add_argument_group("analysis"))
     g = p.add_argument_group("storage")
     g.add_argument("--results", default="results", help="exports go to RESULTS/<space>/, Ray's to RESULTS/ray/")
     g.add_argument(
@@ -233,16 +218,16 @@ def add_analyze_flags(p):
         "architectures.csv, claims.csv, report_vs_study.csv, importances.csv, tableN.csv and the "
         "plots. tlstudy run runs it at its end.",
     )
-    p.add_argument(
-        "--space", required=True, help="a name in ./search_spaces/ or among the shipped spaces, or a space file"
-    )
+    p.add_argument("--space", required=True, help="a name in ./search_spaces/ or a shipped one, or a space file")
     p.add_argument("--results", default="results", help="the study's results folder; writes RESULTS/<space>/")
     p.add_argument("--storage", help="the study's storage (default: sqlite:///RESULTS/optuna.db)")
     p.add_argument("--study-name", help="the study's name in the storage (default: the space's name)")
-    p.add_argument(
-        "--margin", type=share, default=0.02, help="the equivalence margin, in accuracy, for 'no effect' claims"
-    )
-    p.add_argument("--alpha", type=share, default=0.05, help="the family-wise error rate of the claims (Holm)")
+    add_claim_flags(p)
+
+
+def add_claim_flags(g):
+    g.add_argument("--margin", type=share, default=0.02, help="the equivalence margin, in accuracy, of 'no effect'")
+    g.add_argument("--alpha", type=share, default=0.05, help="the family-wise error rate of the claims (Holm)")
 
 
 def add_dashboard_flags(p):
@@ -261,27 +246,9 @@ def add_dashboard_flags(p):
 
 
 def add_submit_flags(p):
-    _describe(
-        p,
-        "Ships the current folder as the job's working_dir (without results, environments, caches, "
-        "git: .rayignore) and the tlstudy package with its search spaces as a py_module, runs "
-        "`tlstudy run` with the flags given here on the cluster, streams the job's log and, when the "
-        "job succeeds, fetches the exports and the learning-curve artifacts into --fetch-to. The "
-        "Optuna study stays in the storage the job used.",
-    )
-    p.epilog = "Every other flag goes to `tlstudy run` on the cluster (see tlstudy run --help)."
-    p.add_argument(
-        "--cluster-address",
-        help="the cluster's dashboard / job server, e.g. http://127.0.0.1:8265 (default, as `ray job "
-        "submit`: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS; either, when set, wins over this flag)",
-    )
-    p.add_argument(
-        "--python",
-        default=sys.executable,
-        help="the cluster's Python with ray and tlstudy's dependencies, as a path on the head node "
-        "(default: this interpreter's path, right when the cluster runs from the same environment)",
-    )
-    p.add_argument("--fetch-to", default="results", help="unpack the exports into FETCH_TO/<space>/ here")
+    from tlstudy.cli import submit  # tlstudy submit's flags load only for it (or for --help)
+
+    submit.add_flags(p)
 
 
 COMMANDS = {

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from tlstudy import spaces
+from tlstudy.cli import parsers
 from tlstudy.cli.parsers import replace_option
 from tlstudy.errors import UserError
 from tlstudy.study.storage import display_url, password
@@ -56,6 +57,31 @@ EXCLUDES = [
 ]
 SUBMIT_RETRY_S = 90
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")  # as `ray job submit`, in Ray's order
+
+
+def add_flags(p):
+    """The flags of `tlstudy submit` (every other flag goes to `tlstudy run` on the cluster)."""
+    parsers._describe(
+        p,
+        "Ships the current folder as the job's working_dir (without results, environments, caches, "
+        "git: .rayignore) and the tlstudy package with its search spaces as a py_module, runs "
+        "`tlstudy run` with the flags given here on the cluster, streams the job's log and, when the "
+        "job succeeds, fetches the exports and the learning-curve artifacts into --fetch-to. The "
+        "Optuna study stays in the storage the job used.",
+    )
+    p.epilog = "Every other flag goes to `tlstudy run` on the cluster (see tlstudy run --help)."
+    p.add_argument(
+        "--cluster-address",
+        help="the cluster's dashboard / job server, e.g. http://127.0.0.1:8265 (default, as `ray job "
+        "submit`: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS; either, when set, wins over this flag)",
+    )
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the cluster's Python with ray and tlstudy's dependencies, as a path on the head node "
+        "(default: this interpreter's path, right when the cluster runs from the same environment)",
+    )
+    p.add_argument("--fetch-to", default="results", help="unpack the exports into FETCH_TO/<space>/ here")
 
 
 def emit_exports(results, names):

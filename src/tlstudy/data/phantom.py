@@ -30,8 +30,8 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 # the training input only, which bright burned-in markers fooled most: hence grey markers): a visible val-test gap, not
 # a collapse to the base rate (the previous, harsher shift made every such model call nearly
 # every test image PNEUMONIA).
-_LESION = {"count": (2, 6), "sigma": (0.12, 0.25), "strength": (0.7, 1.0)}
-_SHIFT = {
+_LESION: dict = {"count": (2, 6), "sigma": (0.12, 0.25), "strength": (0.7, 1.0)}
+_SHIFT: dict = {
     "tilt_deg": (2.5, 6),  # rotation, either direction
     "gamma": (0.92, 1.0),
     "gain": (0.95, 1.05),
@@ -184,7 +184,7 @@ def _marker(img, rng):
     size = img.shape[0]
     g = _glyph(str(rng.choice(["R", "L"])))
     h = max(5, int(round(size * rng.uniform(0.06, 0.1))))
-    g = np.asarray(g.resize((max(3, round(h * g.width / g.height)), h), Image.BILINEAR), np.float32) / 255
+    g = np.asarray(g.resize((max(3, round(h * g.width / g.height)), h), Image.Resampling.BILINEAR), np.float32) / 255
     m = max(1, int(size * rng.uniform(0.03, 0.07)))
     top = m if rng.random() < 0.5 else size - m - g.shape[0]
     left = m if rng.random() < 0.5 else size - m - g.shape[1]

@@ -42,7 +42,7 @@ def read_image(path, size, skip_bad=False):
         with Image.open(path) as img:
             # JPEG draft mode decodes at a reduced scale: most of the speed-up on 2000 px X-rays.
             img.draft("L", (size, size))
-            return np.asarray(img.convert("L").resize((size, size), Image.BILINEAR))
+            return np.asarray(img.convert("L").resize((size, size), Image.Resampling.BILINEAR))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         if skip_bad:
             return None

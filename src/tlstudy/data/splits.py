@@ -183,7 +183,8 @@ def subsample_train(splits: Splits, n: int, seed: int) -> Splits:
 def patients(ids: dict) -> tuple[dict, str]:
     """({split: patient per image}, note): the patient from Kermany's file names; an image
     whose name carries none is its own group, and the note says how many."""
-    groups, unknown, total = {}, 0, 0
+    groups: dict[str, list[str]] = {}
+    unknown, total = 0, 0
     for s, names in ids.items():
         groups[s] = []
         for i in names:

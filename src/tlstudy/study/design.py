@@ -13,11 +13,13 @@ Each trial carries `cell`, `phase`, `train_seed` and `protocol` as Optuna user a
 (set when it is enqueued), so the dashboard can filter by them and a rerun can count what
 each cell still lacks: `next_work` reads the stored trials every time, which is what makes
 a resumed or shared study pick up in the right phase. The study's sampler and pruner are
-per cell (`PerCellSampler`, `make_pruner`).
+per cell (`PerCellSampler`, `make_pruner`); `open_study` opens the study in its storage, and
+refuses one run with another design (`check_comparable`: tlstudy.settings' comparability).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +27,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tlstudy.names import CELL, IS_PROTOCOL, PHASE, REPLICATE, SEARCH, TRAIN_SEED
-from tlstudy.settings import PROTOCOL, Cell
+from tlstudy.errors import UserError
+from tlstudy.names import CELL, DESIGN, FINGERPRINT, IS_PROTOCOL, METRIC, PHASE, REPLICATE, SEARCH, TRAIN_SEED
+from tlstudy.settings import PROTOCOL, Cell, differences, fingerprint
+from tlstudy.study import storage
 
 LIVE = (TrialState.RUNNING, TrialState.WAITING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -61,7 +65,7 @@ def _of(trials: Sequence[FrozenTrial], cell: str, phase: str, states: tuple, hel
 def best_search_trial(trials: Sequence[FrozenTrial], cell: str) -> FrozenTrial | None:
     """The cell's COMPLETE search trial with the lowest val loss (the trial's value), or None."""
     done = _of(trials, cell, SEARCH, (TrialState.COMPLETE,))
-    return min(done, key=lambda t: t.value) if done else None
+    return min(done, key=lambda t: t.value or 0.0) if done else None  # a COMPLETE trial has its value
 
 
 def next_work(
@@ -129,57 +133,57 @@ class CellView:
     What TPE and the pruners read of a study (`get_trials`, and TPE's cached `_get_trials`,
     pinned in tests/test_design.py) is filtered; everything else is the study's."""
 
-    def __init__(self, study, cell):
+    def __init__(self, study: optuna.Study, cell: str) -> None:
         self._study, self._cell = study, cell
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
 
-    def _mine(self, trials):
+    def _mine(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
         return [t for t in trials if t.user_attrs.get(CELL) == self._cell and t.user_attrs.get(PHASE) == SEARCH]
 
-    def get_trials(self, deepcopy=True, states=None):
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
         return self._mine(self._study.get_trials(deepcopy=deepcopy, states=states))
 
     # Optuna internal, for want of a public way: TPE reads a study's trials through its cached
     # _get_trials, not get_trials, so the view must filter both (pinned in tests/test_design.py).
-    def _get_trials(self, deepcopy=True, states=None, use_cache=False):
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
         return self._mine(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache))
 
     @property
-    def trials(self):
+    def trials(self) -> list[FrozenTrial]:
         return self.get_trials()
 
 
 class PerCellSampler(optuna.samplers.BaseSampler):
     """A TPE sampler per cell, each fitted to its own cell's search trials only."""
 
-    def __init__(self, seed=0):
-        self._seed, self._samplers = seed, {}
+    def __init__(self, seed: int = 0) -> None:
+        self._seed, self._samplers = seed, dict[str, optuna.samplers.TPESampler]()
 
-    def _pick(self, study, trial):
+    def _pick(self, study: Any, trial: Any) -> tuple[Any, optuna.samplers.TPESampler]:  # a CellView is a Study
         cell = trial.user_attrs.get(CELL, "")
         if cell not in self._samplers:
             self._samplers[cell] = optuna.samplers.TPESampler(seed=self._seed + len(self._samplers))
         return CellView(study, cell), self._samplers[cell]
 
-    def infer_relative_search_space(self, study, trial):
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict:
         view, sampler = self._pick(study, trial)
         return sampler.infer_relative_search_space(view, trial)
 
-    def sample_relative(self, study, trial, search_space):
+    def sample_relative(self, study: Any, trial: Any, search_space: dict) -> dict:
         view, sampler = self._pick(study, trial)
         return sampler.sample_relative(view, trial, search_space)
 
-    def sample_independent(self, study, trial, param_name, param_distribution):
+    def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
         view, sampler = self._pick(study, trial)
         return sampler.sample_independent(view, trial, param_name, param_distribution)
 
-    def before_trial(self, study, trial):
+    def before_trial(self, study: Any, trial: Any) -> None:
         view, sampler = self._pick(study, trial)
         sampler.before_trial(view, trial)
 
-    def after_trial(self, study, trial, state, values):
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
         view, sampler = self._pick(study, trial)
         sampler.after_trial(view, trial, state, values)
 
@@ -189,14 +193,15 @@ class PerCellPruner(optuna.pruners.BasePruner):
     protocol trial and replicates are never pruned: every cell keeps a complete baseline and
     its replicates."""
 
-    def __init__(self, pruner):
+    def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
         self._pruner = pruner
 
-    def prune(self, study, trial):
+    def prune(self, study: Any, trial: Any) -> bool:
         attrs = trial.user_attrs
         if attrs.get(PHASE) != SEARCH or attrs.get(IS_PROTOCOL):
             return False
-        return self._pruner.prune(CellView(study, attrs.get(CELL, "")), trial)
+        view: Any = CellView(study, attrs.get(CELL, ""))  # read as the Study it stands for
+        return self._pruner.prune(view, trial)
 
 
 def make_pruner(name: str, epochs: int, percentile: float = 25.0) -> PerCellPruner:
@@ -215,3 +220,37 @@ def make_pruner(name: str, epochs: int, percentile: float = 25.0) -> PerCellPrun
     else:
         pruner = optuna.pruners.NopPruner()
     return PerCellPruner(pruner)
+
+
+# ---------------------------------------------------------------- the study of this design
+
+
+def check_comparable(attrs: dict[str, Any] | None, design: dict[str, Any], name: str, url: str) -> None:
+    """Refuse, with one line naming what differs, a stored study run with other settings."""
+    attrs = attrs or {}
+    stored = attrs.get(FINGERPRINT)
+    if stored and stored != fingerprint(design):
+        diff = differences(attrs.get(DESIGN, {}), design)
+        raise UserError(
+            f"study {name!r} in {storage.display_url(url)} was run with a different space or settings"
+            f"{' (' + '; '.join(diff[:4]) + ')' if diff else ''}; its trials would not be comparable: "
+            "pass --study-name NEW to keep both, or --new-study to replace it"
+        )
+
+
+def open_study(name: str, storage: Any, url: str, design: dict[str, Any], sampler: Any, new: bool = False) -> Any:
+    """The study, created or reopened (deleted first when `new`); refused, nothing written, when it
+    was run with anything else (`design`: tlstudy.settings.StudySettings.comparability)."""
+    exists = name in optuna.get_all_study_names(storage)
+    if exists and new:
+        optuna.delete_study(study_name=name, storage=storage)
+    if exists and not new:
+        check_comparable(storage.get_study_user_attrs(storage.get_study_id_from_name(name)), design, name, url)
+    study = optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+    )
+    if FINGERPRINT not in study.user_attrs:
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2; optuna-dashboard reads it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC])
+    return study

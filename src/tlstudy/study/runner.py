@@ -1,22 +1,17 @@
 """The study: Ray Tune runs the trials, Optuna samples and prunes them, the storage keeps them.
 
-Orchestration lives here and only here, in `run_study`:
-1. load the data once, in the driver (trials get them through Ray's object store via
-   tune.with_parameters), and write the split manifest;
-2. open the Optuna study in its storage, refused when it was run with other data or settings
-   (tlstudy.study.storage), and fail the trials a dead driver left RUNNING;
-3. run what the study's design still needs (tlstudy.study.design: per cell, `budget` search
-   trials, then `seeds` replicates of the best) with a Tuner whose searcher is Ray's OptunaSearch
-   on that study and whose scheduler asks the study's pruner after every epoch
-   (tlstudy.study.search); each trial is tlstudy.training.loop.fit in `trainable`, and prints its
-   line (`Progress`). Trials that failed run again, up to --max-retries times.
-The exports and the report (tlstudy.analysis) are read back from the storage afterwards.
-Rerunning the same command continues the study: finished trials are not run again.
+Orchestration lives here and only here, in `run_study`: load the data once in the driver (trials get
+them through Ray's object store), open the Optuna study (tlstudy.study.storage: refused when run with
+other data or settings), fail what a dead driver left RUNNING, then run what the design still needs
+(tlstudy.study.design) with a Tuner whose searcher and scheduler are tlstudy.study.search's; each
+trial is tlstudy.training.loop.fit in `trainable`. Failed trials run again up to --max-retries times.
+Rerunning the same command continues the study. The exports and report follow (tlstudy.analysis).
 """
 
 # ruff: noqa: E402 (Ray reads the two variables below when it is imported)
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -38,35 +33,17 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 
+from tlstudy import names
 from tlstudy.data import splits as data_splits
 from tlstudy.errors import UserError
-from tlstudy.names import (
-    BASE_CONFIG,
-    BUDGET,
-    CELL,
-    COMMAND,
-    DATA,
-    DATA_ARGS,
-    DESIGN,
-    FAIL_REASON,
-    FINGERPRINT,
-    METRIC,
-    NODE_ID,
-    PHASE,
-    PROFILE,
-    REPLICATE,
-    SPACE,
-    SPACE_SUMMARY,
-    THROUGHPUT,
-    TRAIN_SEED,
-)
-from tlstudy.settings import DEFAULTS, StudySettings, TrialConfig, fingerprint
+from tlstudy.settings import StudySettings, TrialConfig, fingerprint
 from tlstudy.spaces import Space
 from tlstudy.study import design, storage
 from tlstudy.study.search import OptunaPruningScheduler, OptunaPruningSearch
 from tlstudy.training import models
 from tlstudy.training.loop import fit
 
+say = functools.partial(print, flush=True)  # a line now: a study's console is followed live
 # The speed measurement of spaces whose cells differ in architecture (measure_speed).
 THROUGHPUT_STEPS, THROUGHPUT_RUNS = 5, 5
 
@@ -75,13 +52,12 @@ def trainable(config: dict, data: data_splits.Splits) -> None:
     """The Ray Tune function trainable: tlstudy.training.loop.fit on its config, reported every epoch."""
     node_id = ray.get_runtime_context().get_node_id()
     for rec in fit(TrialConfig.of(config), data):
-        tune.report({**rec, NODE_ID: node_id})
+        tune.report({**rec, names.NODE_ID: node_id})
 
 
 @dataclass
 class Outcome:
-    """How a run of the study ended: its exit status (0; 1 when a cell lacks its replicates, 0 with
-    --allow-failures; 130 after Ctrl-C), the study, and the cells left without their replicates."""
+    """How a run ended: its exit status (1: a cell lacks replicates, but 0 with --allow-failures; 130: Ctrl-C)."""
 
     code: int
     study: optuna.Study
@@ -96,27 +72,21 @@ def run_study(settings: StudySettings, space: Space) -> Outcome:
     splits = data_splits.load(settings.data)
     summary = space.summary()
     comparability = settings.comparability(summary)
-    study = storage.open_study(
-        settings.study_name,
-        store,
-        settings.storage,
-        comparability,
-        design.PerCellSampler(settings.data.seed),
-        new=settings.new_study,
-    )
+    sampler = design.PerCellSampler(settings.data.seed)
+    study = design.open_study(settings.study_name, store, settings.storage, comparability, sampler, settings.new_study)
     storage.enable_wal(settings.storage)
     info = splits.info()
     attrs = {
-        SPACE: space.name,
-        SPACE_SUMMARY: summary,
-        DESIGN: comparability,
-        FINGERPRINT: fingerprint(comparability),
-        PROFILE: settings.profile,
-        DATA: {k: v for k, v in info.items() if k != "classes"},
-        BASE_CONFIG: settings.shared,
-        DATA_ARGS: settings.data.as_flags(),
-        COMMAND: settings.command,
-        BUDGET: {"budget": settings.budget, "seeds": settings.seeds, "pruner": settings.pruner},
+        names.SPACE: space.name,
+        names.SPACE_SUMMARY: summary,
+        names.DESIGN: comparability,
+        names.FINGERPRINT: fingerprint(comparability),
+        names.PROFILE: settings.profile,
+        names.DATA: {k: v for k, v in info.items() if k != "classes"},
+        names.BASE_CONFIG: settings.shared,
+        names.DATA_ARGS: settings.data.as_flags(),
+        names.COMMAND: settings.command,
+        names.BUDGET: {"budget": settings.budget, "seeds": settings.seeds, "pruner": settings.pruner},
     }
     for k, v in attrs.items():
         study.set_user_attr(k, v)
@@ -131,34 +101,28 @@ def run_study(settings: StudySettings, space: Space) -> Outcome:
     say_weights(space, settings.shared)
     url = storage.display_url(settings.storage)
     print(
-        f"study {study.study_name!r} in {url}; watch it live: optuna-dashboard {url} --artifact-dir "
-        f"{results / 'artifacts'}"
+        f"study {study.study_name!r} in {url}; watch it: optuna-dashboard {url} --artifact-dir {results / 'artifacts'}"
     )
 
     abandoned = storage.resolve_abandoned(study, store)
     if abandoned:
-        print(
-            f"resume: {abandoned} trials left RUNNING by a driver that stopped were marked FAIL; their cells run again"
-        )
+        print(f"resume: {abandoned} trials a stopped driver left RUNNING were marked FAIL; their cells run again")
     first = len(study.trials)
     for attempt in range(settings.max_retries + 1):
         n_trials = design.missing(study.get_trials(deepcopy=False), space.cells, settings.budget, settings.seeds)
         if not n_trials:
             break
         if attempt == 0:
-            print(
-                f"{len(space.cells)} cells x ({settings.budget} search + {settings.seeds} replicates); "
-                f"{first} trials stored, running {n_trials}"
-            )
+            plan = f"{len(space.cells)} cells x ({settings.budget} search + {settings.seeds} replicates)"
+            print(f"{plan}; {first} trials stored, running {n_trials}")
         else:
             print(f"retry {attempt} of {settings.max_retries}: running the {n_trials} trials still missing")
         try:
             run_trials(settings, space, study, store, splits, n_trials)
         except KeyboardInterrupt:
-            print(
+            say(
                 f"\ninterrupted: finished trials are stored. Resume with the same command:\n  {settings.command}",
                 file=sys.stderr,
-                flush=True,
             )
             return Outcome(130, study, [])
     print_failures(study, first)
@@ -176,7 +140,7 @@ def run_trials(
     artifacts.mkdir(parents=True, exist_ok=True)
     searcher = OptunaPruningSearch(
         space=None,
-        metric=METRIC,
+        metric=names.METRIC,
         mode="min",
         storage=store,
         study_name=study.study_name,
@@ -187,7 +151,7 @@ def run_trials(
         test_images=(splits.ids["test"], splits.y["test"].tolist()),
         progress=Progress(n_trials, study.get_trials(deepcopy=False)),
     )
-    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial or 0.0}
     # With a searcher, Tune keeps one trial pending at a time unless concurrency is bounded:
     # the second slot's worker would start only once the first trial runs (12 s later here).
     max_concurrent = settings.max_concurrent or slots(ray.cluster_resources(), resources)
@@ -226,13 +190,12 @@ def init_ray(settings: StudySettings) -> None:
     kwargs: dict[str, Any] = dict(address=address or "local", include_dashboard=False, log_to_driver=settings.verbose)
     if not address and settings.num_cpus:
         kwargs["num_cpus"] = settings.num_cpus
-    # Ray's default for a local cluster (token authentication on) is fine on loopback; its
-    # warning about it at every start is not news (a logger's name: Ray's private module logs it).
+    # Ray's token authentication is fine on loopback; its warning at every start is not news.
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
         lambda record: "Token authentication is enabled" not in record.getMessage()
     )
     try:
-        ray.init(logging_level="WARNING", **kwargs)
+        ray.init(logging_level=logging.WARNING, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
 
@@ -246,37 +209,28 @@ def slots(cluster: dict, resources: dict) -> int:
 def measure_speed(study: optuna.Study, space: Space, settings: StudySettings) -> None:
     """Time each architecture of a space whose cells differ in it (tlstudy.training.throughput),
     once per study: claim 1 compares training speed on this, not on trials' epoch times."""
-    archs = sorted({a for (a,) in _choices(space, "arch")})
-    if len(archs) < 2 or settings.shared.get("mode") == "frozen" or study.user_attrs.get(THROUGHPUT):
+    archs = sorted({a for (a,) in space.choices("arch")})
+    if len(archs) < 2 or settings.shared.get("mode") == "frozen" or study.user_attrs.get(names.THROUGHPUT):
         return
     from tlstudy.training import throughput
 
     size = settings.data.image_size
-    print(
+    say(
         f"timing {', '.join(archs)}: {THROUGHPUT_STEPS} training steps x {THROUGHPUT_RUNS} runs each, "
-        f"batch 16, {size} px, one thread",
-        flush=True,
+        f"batch 16, {size} px, one thread"
     )
-    study.set_user_attr(THROUGHPUT, throughput.measure(archs, size, steps=THROUGHPUT_STEPS, runs=THROUGHPUT_RUNS))
+    study.set_user_attr(names.THROUGHPUT, throughput.measure(archs, size, steps=THROUGHPUT_STEPS, runs=THROUGHPUT_RUNS))
 
 
 def say_weights(space: Space, shared: dict) -> None:
     """One line up front when pretrained weights are missing here (each trial would warn on its own)."""
-    pairs = {(shared.get("arch", a), shared.get("weights", w)) for a, w in _choices(space, "arch", "weights")}
+    pairs = {(shared.get("arch", a), shared.get("weights", w)) for a, w in space.choices("arch", "weights")}
     missing = sorted(
         f"{a} {w}" for a, w in pairs if w not in (None, "none") and not os.path.exists(models.weights_file(a, w))
     )
     if missing:
-        print(
-            f"weights: {', '.join(missing)} not in {torch.hub.get_dir()}/checkpoints: "
-            f"{'those trials will fail' if shared['weights_policy'] == 'strict' else 'trained from a RANDOM init'}"
-        )
-
-
-def _choices(space: Space, *keys: str) -> list[tuple]:
-    """Every combination of the values `keys` take in the space's cells (or its fixed settings)."""
-    combos = {tuple(c.as_dict().get(k, space.fixed.get(k, DEFAULTS[k])) for k in keys) for c in space.cells}
-    return sorted(combos, key=str)
+        then = "those trials will fail" if shared["weights_policy"] == "strict" else "trained from a RANDOM init"
+        print(f"weights: {', '.join(missing)} not in {torch.hub.get_dir()}/checkpoints: {then}")
 
 
 def print_failures(study: optuna.Study, first: int) -> None:
@@ -287,7 +241,7 @@ def print_failures(study: optuna.Study, first: int) -> None:
     print(f"failed trials: {len(failed)} ({sum(t.number >= first for t in failed)} in this run); by reason:")
     reasons: dict[str, list[int]] = {}
     for t in failed:
-        reason = (t.user_attrs.get(FAIL_REASON) or "no reason recorded").strip().splitlines()
+        reason = (t.user_attrs.get(names.FAIL_REASON) or "no reason recorded").strip().splitlines()
         reasons.setdefault(reason[-1][:160] if reason else "", []).append(t.number)
     for reason, numbers in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
         print(f"  {len(numbers)} x {reason}  (trials {', '.join(map(str, numbers))})")
@@ -301,29 +255,21 @@ class Progress:
     searcher calls it for each trial it tells Optuna about."""
 
     def __init__(self, total: int, trials: list[FrozenTrial] = ()):  # type: ignore[assignment]
-        self.total, self.t0, self.counts = total, time.time(), {}
+        self.total, self.t0, self.counts = total, time.time(), dict[str, int]()
         self.best: dict[str, tuple[float, int]] = {}
         for t in trials:  # the best so far includes the stored trials of a resumed study
-            cell = t.user_attrs.get(CELL)
-            if t.state == TrialState.COMPLETE and (cell not in self.best or t.value < self.best[cell][0]):
-                self.best[cell] = (t.value, t.number)
+            cell = str(t.user_attrs.get(names.CELL))
+            if t.state == TrialState.COMPLETE and (cell not in self.best or (t.value or 0.0) < self.best[cell][0]):
+                self.best[cell] = (t.value or 0.0, t.number)
 
-    def __call__(
-        self,
-        number: int,
-        attrs: dict,
-        state: str,
-        value: float | None,
-        epochs: int,
-        test_acc: float | None = None,
-        reason: str | None = None,
-    ) -> None:
+    def __call__(self, number: int, attrs: dict, state: str, value: Any, epochs: int, **more: Any) -> None:
+        test_acc, reason = more.get("test_acc"), more.get("reason")  # a COMPLETE replicate's; a FAIL's
         self.counts[state] = self.counts.get(state, 0) + 1
         done = sum(self.counts.values())
         elapsed = time.time() - self.t0
         eta = elapsed / done * (self.total - done) if done < self.total else 0
-        cell, phase = attrs.get(CELL, "?"), attrs.get(PHASE, "?")
-        what = f"{phase} seed {attrs.get(TRAIN_SEED)}" if phase == REPLICATE else phase
+        cell, phase = attrs.get(names.CELL, "?"), attrs.get(names.PHASE, "?")
+        what = f"{phase} seed {attrs.get(names.TRAIN_SEED)}" if phase == names.REPLICATE else phase
         if state == "COMPLETE":
             best = self.best.get(cell)
             if best is None or value < best[0]:
@@ -334,10 +280,7 @@ class Progress:
             result = f"pruned after {epochs} epochs"
         else:
             result = f"after {epochs} epochs: {(reason or 'no reason').strip().splitlines()[-1][:100]}"
-        print(
-            f"[{done}/{self.total} {clock(elapsed)} ETA {clock(eta)}] #{number} {cell} | {what} | {state} {result}",
-            flush=True,
-        )
+        say(f"[{done}/{self.total} {clock(elapsed)} ETA {clock(eta)}] #{number} {cell} | {what} | {state} {result}")
 
 
 def clock(seconds: float) -> str:
@@ -350,9 +293,8 @@ class EpochLines(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         cfg = trial.config
-        print(
+        say(
             f"[{trial.trial_id}] {cfg.get('arch')} epoch {result['epoch']}/{cfg.get('epochs')}: "
             f"train_loss {result['train_loss']:.4f} val_loss {result['val_loss']:.4f} "
-            f"val_acc {result['val_acc']:.2%} ({result['epoch_s']:.1f} s)",
-            flush=True,
+            f"val_acc {result['val_acc']:.2%} ({result['epoch_s']:.1f} s)"
         )

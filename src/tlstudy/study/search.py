@@ -1,27 +1,16 @@
 """Optuna pruning inside Ray Tune: Optuna's pruner decides, Tune stops; and what a trial leaves.
 
-Ray's OptunaSearch (ray 2.60) samples from a persisted Optuna study but cannot prune: it
-hard-codes NopPruner; a trial stopped by a Tune scheduler is told COMPLETE; and the result that
-made the scheduler stop never reaches the searcher, because TuneController calls
-scheduler.on_trial_result first and skips searcher.on_trial_result on STOP. So:
-
-- `OptunaPruningSearch` puts the study's real pruner back, takes every epoch's val loss as an
-  intermediate value itself (`record`, called by the scheduler), stores the per-epoch history
-  and the final metrics as user attributes, and tells Optuna PRUNED, FAIL or COMPLETE. A COMPLETE
-  trial's value is its lowest val loss: the checkpoint its test metrics come from.
-- `OptunaPruningScheduler` runs for every result before anything else, records it through the
-  searcher and returns STOP when the pruner says so.
-- The searcher hands out the trials the study's design still needs (tlstudy.study.design): each is
-  enqueued with its cell's parameters and its user attributes just before Optuna's ask pops it,
-  and its training seed goes into the trial's config; a search trial is told not to score the
-  test split. When a cell's replicates wait for its search to end, `suggest` returns None and
-  Tune asks again later. Its driver keeps the trial's heartbeat while it runs.
-- A finished trial's learning curve (PNG, shown on its optuna-dashboard page) and a COMPLETE
-  replicate's per-image test predictions (CSV, read back by tlstudy.analysis.export) become
-  Optuna artifacts beside the study.
-
-The Ray internals this relies on (`OptunaSearch._setup_study`, `_ot_study`, `_ot_trials`, the
-call order) are pinned, by behaviour, in tests/test_upstream_pins.py.
+Ray's OptunaSearch (ray 2.60) samples from a persisted Optuna study but cannot prune: it hard-codes
+NopPruner, a trial a scheduler stops is told COMPLETE, and TuneController skips the searcher's
+on_trial_result when the scheduler stops a trial. So `OptunaPruningSearch` puts the study's pruner
+back, takes every epoch's val loss as an intermediate value itself (`record`, which the scheduler
+calls), and tells Optuna PRUNED, FAIL or COMPLETE (value: the lowest val loss), with the history and
+results as user attributes; `OptunaPruningScheduler` sees every result first and STOPs a trial when
+the pruner says so. The searcher hands out the trials the design needs (tlstudy.study.design): each
+enqueued with its cell's values and attributes just before Optuna's ask pops it; a search trial is
+told not to score the test split. A finished trial's learning curve (PNG, on its optuna-dashboard
+page) and a replicate's per-image predictions (CSV) become artifacts. The Ray internals relied on
+(`_setup_study`, `_ot_study`, `_ot_trials`, the call order) are pinned in tests/test_upstream_pins.py.
 """
 
 from __future__ import annotations
@@ -45,73 +34,54 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from tlstudy.names import (
-    DRIVER,
-    EPOCH_KEYS,
-    FAIL_REASON,
-    HISTORY,
-    LEARNING_CURVE_FILE,
-    METRIC,
-    NODE_ID,
-    PHASE,
-    PREDICTION_FIELDS,
-    PREDICTIONS_FILE,
-    SEARCH,
-    STEP,
-    SUMMARY_BEST_VAL_LOSS,
-    SUMMARY_PREDICTIONS,
-    SUMMARY_PREFIX,
-    SUMMARY_TEST_BEST_ACC,
-    TRAIN_SEED,
-)
+from tlstudy import names
 from tlstudy.study import design
 from tlstudy.study.storage import Heartbeats
 
 
 class OptunaPruningSearch(OptunaSearch):
-    """Ray's OptunaSearch with the study's pruner, its design's trials, and its heartbeats.
-    plan: (cells, budget, seeds), what the study needs; test_images: (ids, labels) of the test split,
-    in the order of its predictions; progress: called with each finished trial's line fields.
+    """Ray's OptunaSearch with the study's pruner, its design's trials, and its heartbeats. plan:
+    (cells, budget, seeds); test_images: (ids, labels) of the test split, in its predictions' order;
+    progress: called with each finished trial's line fields."""
 
-    Ray internals used, as OptunaSearch defines them: `_setup_study` (overridden; it creates
-    the study), `_ot_study` (the optuna.Study) and `_ot_trials` (Tune trial id -> optuna.Trial)."""
-
-    def __init__(
-        self, *args, storage=None, pruner=None, artifact_dir=None, plan=None, test_images=None, progress=None, **kwargs
-    ):
-        # Set before OptunaSearch.__init__, which calls _setup_study when given a space. Public
-        # names: the private ones are OptunaSearch's (a new one there must not clobber ours).
+    # fmt: off
+    def __init__(self, *args: Any, storage: Any = None, pruner: Any = None, artifact_dir: Path | None = None,
+                 plan: tuple | None = None, test_images: tuple | None = None, progress: Any = None, **kwargs: Any):
+        # fmt: on
+        # Set before OptunaSearch.__init__ (which calls _setup_study), with names OptunaSearch lacks.
         self.pruner = pruner or optuna.pruners.NopPruner()
-        self.artifact_dir = artifact_dir
-        self.plan = plan  # (cells, budget, seeds): what the study needs (tlstudy.design)
-        self.test_images = test_images  # (ids, labels) of the test split, in the order of its predictions
-        self.progress = progress  # called with each finished trial's line fields
-        self.epochs = {}  # trial_id -> per-epoch records
-        self.pruned = set()
-        self.errors = {}
-        self.finished = set()  # trial ids told to Optuna
+        self.artifact_dir, self.plan, self.test_images, self.progress = artifact_dir, plan, test_images, progress
+        self.epochs: dict[str, list[dict]] = {}  # trial id -> its per-epoch records
+        self.pruned: set[str] = set()
+        self.errors: dict[str, str] = {}
+        self.finished: set[str] = set()  # trial ids told to Optuna
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
         self.started = time.time() - 1  # Optuna's trial start times may be whole seconds
         self.heartbeats = Heartbeats(storage)
-        super().__init__(*args, storage=storage, **kwargs)
+        # OptunaSearch takes the storage among its keywords (its stub says otherwise).
+        super().__init__(*args, storage=storage, **kwargs)  # type: ignore[misc]
 
-    def _setup_study(self, mode):  # Ray internal: OptunaSearch creates the study here, with NopPruner
+    @property
+    def study(self) -> Any:
+        """The optuna.Study this searcher asks (Ray internal: `_ot_study`, set by `_setup_study`)."""
+        return self._ot_study
+
+    def _setup_study(self, mode: Any) -> None:  # Ray internal: OptunaSearch creates the study here, with NopPruner
         super()._setup_study(mode)  # Ray internal (see the class docstring)
-        self._ot_study.pruner = self.pruner  # Ray internal: _ot_study
+        self.study.pruner = self.pruner
 
-    def __getstate__(self):
-        # Tune pickles the searcher into its experiment folder (tuner.pkl, for Tuner.restore, which
-        # tlstudy never uses: a study resumes from its Optuna storage). The storage, and the study
-        # and trials that hold it, stay out: a storage URL may carry a password.
+    def __getstate__(self) -> dict:
+        # Tune pickles the searcher (tuner.pkl, for Tuner.restore; a study resumes from its Optuna
+        # storage instead): the storage and what holds it stay out, a storage URL may hold a password.
         state = self.__dict__.copy()
         state.update(_storage=None, _ot_study=None, _ot_trials={}, heartbeats=None)  # Ray internals, see above
         return state
 
-    def save(self, checkpoint_path):
+    def save(self, checkpoint_path: str) -> None:
         pass  # no searcher checkpoint: see __getstate__; the Optuna storage is the study's record
 
-    def suggest(self, trial_id):
-        study = self._ot_study  # Ray internal: the optuna.Study OptunaSearch asks
+    def suggest(self, trial_id: str) -> Any:  # a config, None (ask later) or Searcher.FINISHED
+        study = self.study
         if self.plan is not None:
             cells, budget, seeds = self.plan
             started = {t.number for t in self._ot_trials.values()}  # Ray internal: _ot_trials
@@ -120,49 +90,52 @@ class OptunaPruningSearch(OptunaSearch):
                 return None
             if work == design.DONE:
                 return Searcher.FINISHED
+            assert isinstance(work, design.Work)
             study.enqueue_trial(work.params, user_attrs=work.user_attrs, skip_if_exists=False)
         with warnings.catch_warnings():  # "Heartbeat of storage is supposed to be used with Study.optimize"
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             config = super().suggest(trial_id)
+        if config is None:
+            return None
         ot_trial = self.optuna_trial(trial_id)
-        if TRAIN_SEED in ot_trial.user_attrs:
-            config[TRAIN_SEED] = ot_trial.user_attrs[TRAIN_SEED]
+        if names.TRAIN_SEED in ot_trial.user_attrs:
+            config[names.TRAIN_SEED] = ot_trial.user_attrs[names.TRAIN_SEED]
         # A search trial is chosen on val alone: it never looks at the test split.
-        if ot_trial.user_attrs.get(PHASE) == SEARCH:
+        if ot_trial.user_attrs.get(names.PHASE) == names.SEARCH:
             config["score_test"] = False
         self.heartbeats.add(study.study_name, ot_trial.number)
-        ot_trial.set_user_attr(DRIVER, self.driver)
+        ot_trial.set_user_attr(names.DRIVER, self.driver)
         return config
 
-    def optuna_trial(self, trial_id):
+    def optuna_trial(self, trial_id: str) -> Any:
         """The optuna.Trial OptunaSearch asked for Tune's trial `trial_id`, or None."""
         return self._ot_trials.get(trial_id)  # Ray internal: Tune trial id -> optuna.Trial
 
-    def record(self, trial_id, result):
+    def record(self, trial_id: str, result: dict) -> bool:
         """Take one epoch's result; return True when the pruner says to stop the trial."""
         ot_trial = self.optuna_trial(trial_id)
-        epoch = {k: result[k] for k in EPOCH_KEYS if k in result}
+        epoch = {k: result[k] for k in names.EPOCH_KEYS if k in result}
         self.epochs.setdefault(trial_id, []).append(epoch)
         try:
-            if result.get(NODE_ID):
-                ot_trial.set_user_attr(NODE_ID, result[NODE_ID])
-            ot_trial.report(result[METRIC], result[STEP])
+            if result.get(names.NODE_ID):
+                ot_trial.set_user_attr(names.NODE_ID, result[names.NODE_ID])
+            ot_trial.report(result[names.METRIC], result[names.STEP])
         except UpdateFinishedTrialError:
             return True  # another driver has failed it meanwhile (see on_trial_complete): stop it
-        if SUMMARY_BEST_VAL_LOSS in result:  # the last epoch: nothing left to prune
+        if names.SUMMARY_BEST_VAL_LOSS in result:  # the last epoch: nothing left to prune
             return False
         if ot_trial.should_prune():
             self.pruned.add(trial_id)
             return True
         return False
 
-    def on_trial_result(self, trial_id, result):
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass  # the scheduler already passed this result through `record`
 
-    def record_error(self, trial_id, error):
+    def record_error(self, trial_id: str, error: str) -> None:
         self.errors[trial_id] = error
 
-    def on_trial_complete(self, trial_id, result=None, error=False):
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self.optuna_trial(trial_id)
         if trial_id in self.finished or ot_trial is None:
             return
@@ -175,33 +148,33 @@ class OptunaPruningSearch(OptunaSearch):
         self.finished.add(trial_id)
         self.heartbeats.discard(ot_trial.number)
 
-    def tell(self, trial_id, ot_trial, result, error):
+    def tell(self, trial_id: str, ot_trial: Any, result: dict | None, error: bool) -> None:
         """Tell Optuna how the trial ended (PRUNED; FAIL with its reason; COMPLETE with its lowest val
         loss and its summary as user attributes), with its history and artifacts."""
         epochs = self.epochs.get(trial_id, [])
-        ot_trial.set_user_attr(HISTORY, json.dumps(epochs))
+        ot_trial.set_user_attr(names.HISTORY, json.dumps(epochs))
         if self.artifact_dir and epochs:
             upload_learning_curve(self.artifact_dir, ot_trial, epochs)
         if trial_id in self.pruned:
             state, value = TrialState.PRUNED, None
-        elif error or not result or SUMMARY_BEST_VAL_LOSS not in result:
+        elif error or not result or names.SUMMARY_BEST_VAL_LOSS not in result:
             # An error, or a trial stopped before its last epoch (Ctrl-C, a stopper): not a result.
             state, value = TrialState.FAIL, None
             reason = self.errors.get(trial_id) or ("error" if error else "stopped before its last epoch")
-            ot_trial.set_user_attr(FAIL_REASON, str(reason)[-2000:])
-        elif not math.isfinite(result[SUMMARY_BEST_VAL_LOSS]):
+            ot_trial.set_user_attr(names.FAIL_REASON, str(reason)[-2000:])
+        elif not math.isfinite(result[names.SUMMARY_BEST_VAL_LOSS]):
             state, value = TrialState.FAIL, None
-            ot_trial.set_user_attr(FAIL_REASON, "non-finite val loss in every epoch")
+            ot_trial.set_user_attr(names.FAIL_REASON, "non-finite val loss in every epoch")
         else:
-            state, value = TrialState.COMPLETE, result[SUMMARY_BEST_VAL_LOSS]
+            state, value = TrialState.COMPLETE, result[names.SUMMARY_BEST_VAL_LOSS]
             for k, v in result.items():
-                if k.startswith(SUMMARY_PREFIX) and k != SUMMARY_PREDICTIONS and _storable(v):
-                    ot_trial.set_user_attr(k[len(SUMMARY_PREFIX) :], v)
-            if self.artifact_dir and SUMMARY_PREDICTIONS in result:
+                if k.startswith(names.SUMMARY_PREFIX) and k != names.SUMMARY_PREDICTIONS and _storable(v):
+                    ot_trial.set_user_attr(k[len(names.SUMMARY_PREFIX) :], v)
+            if self.artifact_dir and self.test_images and names.SUMMARY_PREDICTIONS in result:
                 upload_predictions(
-                    self.artifact_dir, ot_trial, json.loads(result[SUMMARY_PREDICTIONS]), self.test_images
+                    self.artifact_dir, ot_trial, json.loads(result[names.SUMMARY_PREDICTIONS]), self.test_images
                 )
-        self._ot_study.tell(ot_trial, value, state=state, skip_if_finished=True)  # Ray internal: _ot_study
+        self.study.tell(ot_trial, value, state=state, skip_if_finished=True)
         if self.progress:
             self.progress(
                 number=ot_trial.number,
@@ -209,11 +182,11 @@ class OptunaPruningSearch(OptunaSearch):
                 state=state.name,
                 value=value,
                 epochs=len(epochs),
-                test_acc=(result or {}).get(SUMMARY_TEST_BEST_ACC),
+                test_acc=(result or {}).get(names.SUMMARY_TEST_BEST_ACC),
                 reason=self.errors.get(trial_id),
             )
 
-    def fail_unfinished(self, reason):
+    def fail_unfinished(self, reason: str) -> int:
         """After Tuner.fit returns (early on Ctrl-C), resolve this driver's trials that never
         completed and stop the heartbeats; return how many there were."""
         unfinished = [t for t in self._ot_trials if t not in self.finished]  # Ray internal: _ot_trials
@@ -224,17 +197,17 @@ class OptunaPruningSearch(OptunaSearch):
         self.heartbeats.stop()
         return len(unfinished)
 
-    def _fail_orphans(self, reason):
+    def _fail_orphans(self, reason: str) -> list[int]:
         """Ctrl-C between Optuna's ask and OptunaSearch recording the trial leaves a RUNNING trial
         this searcher never saw: ours too, when no other driver has claimed it."""
         mine = {t.number for t in self._ot_trials.values()}  # Ray internal: _ot_trials
-        study = self._ot_study  # Ray internal: _ot_study
+        study = self.study
         storage = study._storage  # Optuna: a loaded study's storage has no public getter
         failed = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if (
                 t.number in mine
-                or t.user_attrs.get(DRIVER) not in (None, self.driver)
+                or t.user_attrs.get(names.DRIVER) not in (None, self.driver)
                 or not t.datetime_start
                 or t.datetime_start.timestamp() < self.started
             ):
@@ -243,7 +216,7 @@ class OptunaPruningSearch(OptunaSearch):
                 storage.get_study_id_from_name(study.study_name), t.number
             )
             try:
-                storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
+                storage.set_trial_user_attr(trial_id, names.FAIL_REASON, reason)
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
                 failed.append(t.number)
             except UpdateFinishedTrialError:
@@ -252,16 +225,16 @@ class OptunaPruningSearch(OptunaSearch):
 
 
 class OptunaPruningScheduler(FIFOScheduler):
-    def __init__(self, searcher):
+    def __init__(self, searcher: OptunaPruningSearch) -> None:
         super().__init__()
         self.searcher = searcher
 
-    def on_trial_result(self, tune_controller, trial, result):
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if self.searcher.record(trial.trial_id, result):
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
-    def on_trial_error(self, tune_controller, trial):
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
         # Called before the searcher hears of the failure, with the trial's error file written
         # locally (trial.get_error() reads the synced copy, which may not be there yet).
         try:
@@ -273,7 +246,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         super().on_trial_error(tune_controller, trial)
 
 
-def _storable(v):
+def _storable(v: Any) -> bool:
     """Optuna user attributes must be JSON; NaN is not."""
     if isinstance(v, float):
         return math.isfinite(v)
@@ -290,14 +263,14 @@ def upload_learning_curve(artifact_dir: str | Path, ot_trial: Any, epochs: list[
 
     fig = Figure(figsize=(5, 3.2), dpi=100)
     ax = fig.add_axes((0.14, 0.15, 0.82, 0.75))
-    ax.plot([e[STEP] for e in epochs], [e["train_loss"] for e in epochs], "o-", label="train loss")
-    ax.plot([e[STEP] for e in epochs], [e[METRIC] for e in epochs], "s-", label="val loss")
+    ax.plot([e[names.STEP] for e in epochs], [e["train_loss"] for e in epochs], "o-", label="train loss")
+    ax.plot([e[names.STEP] for e in epochs], [e[names.METRIC] for e in epochs], "s-", label="val loss")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="cross-entropy")
     ax.set_title(f"trial {ot_trial.number}", fontsize=9)
     ax.legend()
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, LEARNING_CURVE_FILE.format(number=ot_trial.number))
+        path = os.path.join(tmp, names.LEARNING_CURVE_FILE.format(number=ot_trial.number))
         fig.savefig(path)
         upload_artifact(
             artifact_store=FileSystemArtifactStore(str(artifact_dir)),
@@ -313,10 +286,10 @@ def upload_predictions(artifact_dir: str | Path, ot_trial: Any, predictions: dic
     test_images, (ids, labels)."""
     ids, labels = test_images
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, PREDICTIONS_FILE.format(number=ot_trial.number))
+        path = os.path.join(tmp, names.PREDICTIONS_FILE.format(number=ot_trial.number))
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(PREDICTION_FIELDS)
+            w.writerow(names.PREDICTION_FIELDS)
             for checkpoint, p in predictions.items():
                 w.writerows(zip([checkpoint] * len(ids), ids, labels, p["pred"], p["score"]))
         upload_artifact(

@@ -1,24 +1,15 @@
 """Where a study is kept: its storage, the study in it, and the heartbeats of its trials.
 
-- `--storage` takes a SQLAlchemy URL (sqlite:///results/optuna.db, postgresql://..., mysql://...)
-  or an Optuna journal file (a path ending in .log, or journal:PATH). SQLite gets WAL mode and a
-  busy timeout, so that optuna-dashboard can read the file while a study writes it
-  (optuna-dashboard issue 545, "database is locked"). PostgreSQL goes through psycopg 3.
-- Passwords: whatever shows, stores or writes a URL uses `display_url`, which hides the password.
-  Better still, keep it out of the URL: PostgreSQL's client reads PGPASSWORD or ~/.pgpass.
-- The study (`open_study`) is created or reopened, and refused, with nothing written, when its
-  stored trials would not be comparable with this run's (`check_comparable`, on
-  tlstudy.settings.StudySettings.comparability). `stored_attrs` reads a stored study's record
-  without loading its trials, so that the command line refuses a rerun before its heavy imports.
-- Heartbeats: a driver records one for each trial it runs, every `--heartbeat` seconds (SQL
-  storages; Optuna's own heartbeat thread runs only inside Study.optimize, and Ray Tune drives
-  the study through ask and tell). A starting driver fails what earlier drivers left RUNNING
-  (`resolve_abandoned`): with heartbeats, the trials nobody beats through GRACE_BEATS beats, so
-  another live driver's trials are left alone; without them (a journal file) every RUNNING trial,
-  so one driver at a time. Each is marked FAIL with its fail_reason ABANDONED; its cell runs again.
-
-Optuna and SQLAlchemy are imported when a storage is opened, not with this module: the command
-line checks a storage path and shows URLs before its heavy imports.
+`--storage` takes a SQLAlchemy URL (sqlite:///..., postgresql://..., mysql://...) or an Optuna journal
+file (*.log). SQLite runs in WAL mode with a busy timeout, so optuna-dashboard reads while a study
+writes (optuna-dashboard issue 545). Whatever shows or stores a URL uses `display_url`, which hides
+the password (better: PGPASSWORD or ~/.pgpass). `open_study` creates or reopens the study and refuses
+one run with other settings (tlstudy.study.design.open_study); `stored_attrs` reads a stored
+study's record without its trials, so the command line refuses before its heavy imports. A driver
+beats for each trial it runs (SQL storages; Optuna's own heartbeat lives inside Study.optimize, and
+Tune drives ask and tell); `resolve_abandoned` fails what a dead driver left RUNNING (unbeaten for
+GRACE_BEATS beats; without heartbeats, a journal file, every RUNNING trial). Optuna and SQLAlchemy
+load when a storage opens, not with this module.
 """
 
 from __future__ import annotations
@@ -35,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tlstudy.errors import UserError
-from tlstudy.names import DESIGN, FAIL_REASON, FINGERPRINT
+from tlstudy.names import FAIL_REASON
 
 SQLITE_TIMEOUT_S = 60
 GRACE_BEATS = 3
@@ -96,17 +87,23 @@ def scrub(text: object, url: str | None) -> str:
         return text
     hole = "\0url\0"
     text = text.replace(url, hole)
-    secret = password(url)
-    for form in {secret, quote(secret or "", safe="")} - {None, ""}:
+    secret = password(url) or ""
+    for form in {secret, quote(secret, safe="")} - {""}:
         text = text.replace(form, "***")
-    return text.replace(hole, display_url(url))
+    return text.replace(hole, display_url(url) or "")
+
+
+def file_of(url: str) -> Path | None:
+    """The file of a file storage (SQLite, a journal), or None."""
+    if url.startswith("sqlite:///") or is_journal(url):
+        return Path(url.removeprefix("journal:").removeprefix("sqlite:///"))
+    return None
 
 
 def check_url(url: str) -> None:
     """Catch a storage URL that cannot work before anything heavy loads: a file storage whose
     folder cannot be made, a URL SQLAlchemy cannot parse or has no dialect for. Opens nothing."""
-    if is_journal(url) or url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("journal:").removeprefix("sqlite:///"))
+    if (path := file_of(url)) is not None:
         return check_writable(path.parent, f"create the folder for storage {display_url(url)}")
     from sqlalchemy.engine import make_url
 
@@ -120,18 +117,17 @@ def check_url(url: str) -> None:
 def open_storage(url: str, heartbeat: int | None = None) -> Any:
     """An Optuna storage object for `url`: OptunaSearch takes objects, never URL strings.
     `heartbeat`: seconds between the heartbeats of running trials (SQL storages only)."""
+    if (path := file_of(url)) is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the folder for storage {display_url(url)}: {e.strerror}") from None
     if is_journal(url):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(url.removeprefix("journal:"))
-        _check_parent(path, url)
         return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        _check_parent(Path(url.removeprefix("sqlite:///")), url)
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if path else {"pool_pre_ping": True}
     sa_url = url
     if url.startswith(("postgresql://", "postgres://")) and not importlib.util.find_spec("psycopg2"):
         sa_url = "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -146,11 +142,9 @@ def open_storage(url: str, heartbeat: int | None = None) -> Any:
         raise UserError(scrub(f"cannot open storage {url}: {scrub(msg, sa_url)}", url)) from None
 
 
-def _rdb_storage(sa_url, engine_kwargs, beats, tries=5):
-    # Two processes opening a new database at once (a driver and optuna-dashboard, or two
-    # drivers) both create Optuna's tables and stamp their version, and the slower one fails
-    # with "table ... already exists" or a duplicate version row; on a second look the
-    # schema is complete.
+def _rdb_storage(sa_url: str, engine_kwargs: dict, beats: dict, tries: int = 5) -> Any:
+    # Two processes opening a new database at once both create Optuna's tables and stamp their
+    # version: the slower one fails ("already exists", alembic_version); a second look finds it all.
     from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RDBStorage
     from sqlalchemy.exc import IntegrityError, OperationalError
@@ -169,11 +163,8 @@ def _rdb_storage(sa_url, engine_kwargs, beats, tries=5):
 
 def storage_exists(url: str) -> bool:
     """False only for a file storage (SQLite, journal) whose file is missing: reading must not create it."""
-    if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///")).is_file()
-    if is_journal(url):
-        return Path(url.removeprefix("journal:")).is_file()
-    return True
+    path = file_of(url)
+    return path is None or path.is_file()
 
 
 def enable_wal(url: str) -> None:
@@ -184,14 +175,6 @@ def enable_wal(url: str) -> None:
     if url.startswith("sqlite:///"):
         with sqlite3.connect(url.removeprefix("sqlite:///"), timeout=SQLITE_TIMEOUT_S) as con:
             con.execute("PRAGMA journal_mode=WAL")
-
-
-def _check_parent(path, url):
-    if not path.parent.is_dir():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create the folder for storage {display_url(url)}: {e.strerror}") from None
 
 
 # ---------------------------------------------------------------- the study in it
@@ -207,42 +190,6 @@ def stored_attrs(url: str, name: str) -> dict[str, Any] | None:
         return storage.get_study_user_attrs(storage.get_study_id_from_name(name))
     except KeyError:  # Optuna's answer for a study name it does not hold
         return None
-
-
-def check_comparable(attrs: dict[str, Any] | None, design: dict[str, Any], name: str, url: str) -> None:
-    """Refuse, with one line naming what differs, a stored study run with other settings."""
-    from tlstudy.settings import differences, fingerprint
-
-    stored = (attrs or {}).get(FINGERPRINT)
-    if stored and stored != fingerprint(design):
-        diff = differences(attrs.get(DESIGN, {}), design)
-        raise UserError(
-            f"study {name!r} in {display_url(url)} was run with a different space or settings"
-            f"{' (' + '; '.join(diff[:4]) + ')' if diff else ''}; its trials would not be comparable: "
-            "pass --study-name NEW to keep both, or --new-study to replace it"
-        )
-
-
-def open_study(name: str, storage: Any, url: str, design: dict[str, Any], sampler: Any, new: bool = False) -> Any:
-    """The study, created or reopened (deleted first when `new`); refused, nothing written, when it
-    was run with anything else."""
-    import optuna
-
-    from tlstudy.names import METRIC
-
-    exists = name in optuna.get_all_study_names(storage)
-    if exists and new:
-        optuna.delete_study(study_name=name, storage=storage)
-    if exists and not new:
-        check_comparable(storage.get_study_user_attrs(storage.get_study_id_from_name(name)), design, name, url)
-    study = optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
-    )
-    if FINGERPRINT not in study.user_attrs:
-        with warnings.catch_warnings():  # "experimental" since Optuna 3.2; optuna-dashboard reads it
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC])
-    return study
 
 
 # ---------------------------------------------------------------- heartbeats
@@ -264,13 +211,12 @@ class Heartbeats:
     """Beats for the trials this driver runs, in a daemon thread, every `interval(storage)`
     seconds; nothing at all for a storage without heartbeats."""
 
-    def __init__(self, storage):
-        self.storage = storage
-        self.interval = interval(storage)
-        self.beating = {}  # trial number -> trial id, of the trials to beat
-        self.stop_event = None  # the thread's, once it runs
+    def __init__(self, storage: Any) -> None:
+        self.storage, self.interval = storage, interval(storage)
+        self.beating: dict[int, int] = {}  # trial number -> trial id, of the trials to beat
+        self.stop_event: threading.Event | None = None  # the thread's, once it runs
 
-    def add(self, study_name, number):
+    def add(self, study_name: str, number: int) -> None:
         """Beat trial `number` now, and every interval until `discard(number)`."""
         if not self.interval:
             return
@@ -281,14 +227,14 @@ class Heartbeats:
             self.stop_event = threading.Event()
             threading.Thread(target=self.beat_until, args=(self.stop_event,), daemon=True).start()
 
-    def discard(self, number):
+    def discard(self, number: int) -> None:
         self.beating.pop(number, None)
 
-    def stop(self):
+    def stop(self) -> None:
         if self.stop_event is not None:
             self.stop_event.set()
 
-    def beat_until(self, stop):
+    def beat_until(self, stop: threading.Event) -> None:
         """The thread's loop: beat every trial in `beating`, every interval, until `stop` is set."""
         while not stop.wait(self.interval):
             for number, trial_id in list(self.beating.items()):

@@ -17,6 +17,7 @@ entries safely.
 import hashlib
 import json
 import os
+from typing import Any
 
 import torch
 
@@ -30,7 +31,7 @@ BATCH = 128
 
 
 def for_splits(
-    model: torch.nn.Module, x: dict, repeats: dict, cfg: TrialConfig, weights_source: str, run
+    model: torch.nn.Module, x: dict, repeats: dict, cfg: TrialConfig, weights_source: str, run: Any
 ) -> tuple[dict, int]:
     """{split: float32 features N x F on run.device} for the uint8 images `x`, and how many
     of the splits came from the cache. `repeats` gives each split's repeat factors; `run` is the
@@ -44,9 +45,9 @@ def for_splits(
     return feats, hits
 
 
-def key(images: torch.Tensor, repeat: tuple, cfg: TrialConfig, weights_source: str, run) -> str:
+def key(images: torch.Tensor, repeat: tuple, cfg: TrialConfig, weights_source: str, run: Any) -> str:
     if weights_source in ("none", RANDOM_FALLBACK):
-        weights = {"random_init_seed": cfg.train_seed}
+        weights: dict[str, Any] = {"random_init_seed": cfg.train_seed}
     else:
         st = os.stat(models.weights_file(cfg.arch, weights_source))
         weights = {"weights": weights_source, "file": [st.st_size, st.st_mtime_ns]}
@@ -65,7 +66,7 @@ def key(images: torch.Tensor, repeat: tuple, cfg: TrialConfig, weights_source: s
 
 
 @torch.inference_mode()
-def extract(model: torch.nn.Module, images: torch.Tensor, repeat: tuple, run) -> torch.Tensor:
+def extract(model: torch.nn.Module, images: torch.Tensor, repeat: tuple, run: Any) -> torch.Tensor:
     """The head's input for every image, as float32 on the CPU."""
     models.set_mode(model, "frozen", training=False)
     _, head = models.find_head(model)

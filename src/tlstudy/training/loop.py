@@ -59,13 +59,15 @@ def fit(config: TrialConfig, data: Splits) -> Iterator[dict]:
     model, weights_source = models.build(
         config.arch, config.weights, config.out_features, config.mode, config.weights_policy, data.num_classes
     )
-    model.to(device, memory_format=fmt)
+    # torch's stub lacks Module.to's (device, memory_format=) overload, which torch has.
+    model.to(device, memory_format=fmt)  # type: ignore[call-overload]
     build_s = time.perf_counter() - t_start
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params)
     scheduler = make_scheduler(config, optimizer)
     run = RunContext(device, amp, fmt, config.mode, config.frozen_bn, features=uses_feature_cache(config))
     y = {s: t.to(device, non_blocking=True) for s, t in data.y.items()}
+    net: nn.Module
     if run.features:
         from tlstudy.training import feature_cache  # frozen trials only
 

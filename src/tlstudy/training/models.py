@@ -22,6 +22,7 @@ import os
 import random
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,13 +39,20 @@ WEIGHT_POLICIES = ("strict", "auto")
 MODES = ("finetune", "frozen")
 
 
-def weights_file(arch, weights):
+def weights_file(arch: str, weights: str) -> str:
     """Where torchvision looks for `arch`'s `weights` before downloading them."""
     url = get_model_weights(arch)[weights].url
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
 
 
-def check(arch, weights="none", out_features=2, num_classes=1, mode="finetune", policy="auto"):
+def check(
+    arch: str,
+    weights: str | None = "none",
+    out_features: int = 2,
+    num_classes: int = 1,
+    mode: str = "finetune",
+    policy: str = "auto",
+) -> None:
     """Validate a model configuration up front, so a trial fails before it trains."""
     archs = list_models(module=torchvision.models)
     if arch not in archs:
@@ -64,7 +72,14 @@ def check(arch, weights="none", out_features=2, num_classes=1, mode="finetune", 
         raise UserError(f"out_features {out_features} is smaller than the {num_classes} classes of the data")
 
 
-def build(arch, weights="none", out_features=2, mode="finetune", policy="auto", num_classes=2):
+def build(
+    arch: str,
+    weights: str | None = "none",
+    out_features: int = 2,
+    mode: str = "finetune",
+    policy: str = "auto",
+    num_classes: int = 2,
+) -> tuple[nn.Module, str]:
     """Return (model, weights_source): a torchvision model whose last Linear layer is
     replaced by Linear(in_features, out_features); in "frozen" mode only that head trains."""
     check(arch, weights, out_features, num_classes, mode, policy)
@@ -82,14 +97,14 @@ def build(arch, weights="none", out_features=2, mode="finetune", policy="auto", 
     return model, source
 
 
-def set_mode(model, mode, training, frozen_bn="eval"):
+def set_mode(model: nn.Module, mode: str, training: bool, frozen_bn: str = "eval") -> None:
     """model.train(training), except for a frozen backbone: there BatchNorm stays in eval mode,
     so its running statistics never move, unless frozen_bn="train" (the PyTorch tutorial's
     frozen model calls model.train(), so its BatchNorm statistics adapt to the new data)."""
     model.train(training and (mode == "finetune" or frozen_bn == "train"))
 
 
-def _construct(arch, state):
+def _construct(arch: str, state: dict | None) -> nn.Module:
     """The architecture, with `state` loaded when given. A random init that the pretrained
     weights overwrite anyway costs 0.25 s (resnet18) to 1.5 s (resnet101) of every trial's
     start-up, so with a state the model is built on the meta device and the state assigned."""
@@ -105,7 +120,7 @@ def _construct(arch, state):
     return model
 
 
-def find_head(model):
+def find_head(model: nn.Module) -> tuple[str, nn.Linear]:
     """The classifier: the last Linear layer (resnet's fc, vgg's classifier[6], vit's heads.head, ...)."""
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -113,7 +128,7 @@ def find_head(model):
     return linears[-1]
 
 
-def _pretrained_state(arch, weights, policy):
+def _pretrained_state(arch: str, weights: str, policy: str) -> tuple[dict | None, str]:
     path = weights_file(arch, weights)
     try:
         # check_hash=False: a file placed by hand in the cache is trusted, as torchvision does.
@@ -139,7 +154,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def parse_repeat(value):
+def parse_repeat(value: Any) -> tuple[int, int, int, int]:
     """(1,3,3,1), [1,3,3,1] or "1,3,3,1" -> (1,3,3,1); the search spaces store the string form."""
     try:
         parts = value.replace(" ", ",").split(",") if isinstance(value, str) else list(value)
@@ -155,7 +170,7 @@ def parse_repeat(value):
     return factors
 
 
-def to_input(x, repeat, dtype=torch.float32):
+def to_input(x: torch.Tensor, repeat: tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 N x 1 x H x W -> normalised float N x 3 x (H*r2) x (W*r3)."""
     mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device, dtype=dtype).view(1, 3, 1, 1)
@@ -165,7 +180,7 @@ def to_input(x, repeat, dtype=torch.float32):
     return x.repeat(1, 1, repeat[2], repeat[3])
 
 
-def augment(x, generator):
+def augment(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Light, per-sample augmentation of a float N x 1 x H x W batch: horizontal flip, and
     a small affine (rotation up to 7 degrees, 5 % shift, 10 % scale), as a tutorial's
     RandomHorizontalFlip / RandomAffine would, but in one batched grid_sample."""
@@ -180,7 +195,7 @@ def augment(x, generator):
     theta[:, 1, 0] = torch.sin(angle) / scale * flip
     theta[:, 1, 1] = torch.cos(angle) / scale
     theta[:, :, 2] = (u[:, 2:4] * 2 - 1) * 0.1
-    grid = F.affine_grid(theta, x.shape, align_corners=False)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid.to(x.dtype), padding_mode="border", align_corners=False)
 
 

@@ -16,7 +16,7 @@ from tlstudy.settings import DataSettings, TrialConfig
 from tlstudy.training.loop import check, fit
 
 
-def _pct(v):
+def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2%}"
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from tlstudy.training.models import native_bf16
 
 
-def device_name():
+def device_name() -> str:
     """The CPU model (or GPU name) the figures were taken on."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
@@ -29,7 +29,15 @@ def device_name():
         return platform.processor() or "cpu"
 
 
-def measure(archs, image_size, batch_size=16, steps=5, runs=5, warmup=2, threads=1):
+def measure(
+    archs: list[str],
+    image_size: int,
+    batch_size: int = 16,
+    steps: int = 5,
+    runs: int = 5,
+    warmup: int = 2,
+    threads: int = 1,
+) -> list[dict]:
     """Rows (arch, device, batch_size, image_size, repeat, run, s_per_step, threads, amp): `runs`
     timed runs of `steps` training steps per architecture, from a random init (weights do not
     change the arithmetic), on `threads` CPU threads as a one-CPU trial has."""
@@ -46,7 +54,9 @@ def measure(archs, image_size, batch_size=16, steps=5, runs=5, warmup=2, threads
             x = torch.randn(batch_size, 3, image_size, image_size)
             y = torch.randint(0, 2, (batch_size,))
 
-            def step(model=model, opt=opt, x=x, y=y):
+            def step(
+                model: nn.Module = model, opt: torch.optim.Optimizer = opt, x: torch.Tensor = x, y: torch.Tensor = y
+            ) -> None:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                     loss = nn.functional.cross_entropy(model(x).float(), y)
                 opt.zero_grad(set_to_none=True)
