@@ -103,8 +103,9 @@ def test_metrics_count_a_non_class_prediction_as_wrong():
 def test_cells_on_different_images_are_refused():
     rng = np.random.default_rng(1)
     a, b = pair(rng, 3, 0.8, 0.8)
-    c, label, ids = statistics.correct_matrix(a)
+    c, label, ids, seeds = statistics.correct_matrix(a)
     assert c.shape == (3, N_IMAGES) and len(ids) == N_IMAGES and label.sum() == N_POS
+    assert list(seeds) == [0, 1, 2]
     with pytest.raises(ValueError, match="different images"):
         statistics.paired(a, b.assign(image_id=b.image_id.str.replace("img0", "other0")))
     with pytest.raises(ValueError, match="lack predictions"):
@@ -113,48 +114,33 @@ def test_cells_on_different_images_are_refused():
         statistics.correct_matrix(pd.concat([a, a.assign(checkpoint="final")]))
 
 
-def test_vectorised_bootstrap_draws_like_an_explicit_resampling_loop():
-    rng = np.random.default_rng(2)
-    label = np.r_[np.zeros(40, int), np.ones(60, int)]
-    ca, cb = rng.random((4, 100)) < 0.8, rng.random((3, 100)) < 0.7
-    u = statistics.image_weights(label, "balanced_acc")
-    fast = statistics._boot([ca, cb], [1, -1], label, u, 4000, np.random.default_rng(3))
-    slow = []
-    for _ in range(4000):
-        imgs = np.r_[rng.choice(40, 40), 40 + rng.choice(60, 60)]  # within class, as the test split is fixed
-        sa, sb = ca[rng.choice(4, 4)][:, imgs], cb[rng.choice(3, 3)][:, imgs]
-        w = statistics.image_weights(label[imgs], "balanced_acc")
-        slow.append((sa @ w).mean() - (sb @ w).mean())
-    assert fast.mean() == pytest.approx(np.mean(slow), abs=0.004)
-    assert fast.std() == pytest.approx(np.std(slow), rel=0.08)
+def test_seeds_pair_by_training_seed_shared_seeds_first():
+    oa, ob = statistics.pairing([5, 1, 2, 9], [2, 3, 1])
+    assert [[5, 1, 2, 9][i] for i in oa] == [1, 2, 5, 9]
+    assert [[2, 3, 1][i] for i in ob] == [1, 2, 3]
 
 
-# ---------------------------------------------------------------- calibration and power
+@pytest.mark.parametrize("k,n", [(3, 3), (2, 5), (4, 7)])
+def test_scheffe_seed_term_is_unbiased_for_any_variance_ratio(k, n):
+    """Var(mean x - mean y) = sd_x^2 / k + sd_y^2 / n, whatever the ratio; the estimate has k - 1 df."""
+    rng = np.random.default_rng(k * 10 + n)
+    sd_x, sd_y = 0.07, 0.005
+    x, y = rng.normal(0, sd_x, (20000, k)), rng.normal(0, sd_y, (20000, n))
+    var, df = statistics.seed_term(x, y)
+    assert df == min(k, n) - 1
+    truth = sd_x**2 / k + sd_y**2 / n
+    assert var.mean() == pytest.approx(truth, rel=0.03)
+    assert (var * df / truth).var() == pytest.approx(2 * df, rel=0.08)  # a scaled chi^2 with k - 1 df
+    if k == n:
+        assert var == pytest.approx((x - y).var(1, ddof=1) / k)  # plain paired differences
 
 
-def test_false_positive_rate_of_the_paired_test_with_3_to_5_seeds():
-    """Null: two cells with the same population accuracy, each with its own per-image effect."""
-    rng = np.random.default_rng(10)
-    p = []
-    for k in (3, 4, 5):
-        for seed_sd in (0.01, 0.02):
-            for cell_sd in (0.7, 1.5):
-                for _ in range(50):
-                    p.append(statistics.paired(*pair(rng, k, 0.8, 0.8, seed_sd, cell_sd), n_boot=0)["p"])
-    rate, se = np.mean(np.array(p) < 0.05), np.sqrt(0.05 * 0.95 / len(p))
-    print(
-        f"\nfalse-positive rate over {len(p)} null comparisons (3-5 seeds, seed sd 1-2 points, 624 images): "
-        f"{rate:.3f} +- {se:.3f} (MC SE at 5 %)"
-    )
-    assert 0.05 - 3 * se <= rate <= 0.05 + 3 * se  # neither anti-conservative nor blunt
-
-
-def test_false_positive_rate_when_the_cells_fail_on_different_images():
+def test_the_image_term_is_needed_when_the_cells_fail_on_different_images():
     """Where the cells' own per-image effects dominate (cell_sd 2.5, seed sd 1 point), a Welch test
     on the per-seed accuracies alone, which conditions on these 624 images, rejected 28 % of 300
     null comparisons: the image term of the variance is needed."""
     rng = np.random.default_rng(11)
-    p = [statistics.paired(*pair(rng, 5, 0.8, 0.8, 0.01, cell_sd=2.5), n_boot=0)["p"] for _ in range(150)]
+    p = [statistics.paired(*pair(rng, 5, 0.8, 0.8, 0.01, cell_sd=2.5))["p"] for _ in range(150)]
     assert np.mean(np.array(p) < 0.05) <= mc_bound(0.05, len(p))
 
 
@@ -163,7 +149,7 @@ def test_power_for_a_5_point_difference(k, least):
     rng = np.random.default_rng(20 + k)
     hits = 0
     for _ in range(100):
-        r = statistics.paired(*pair(rng, k, 0.80, 0.75, seed_sd=0.015), n_boot=0)
+        r = statistics.paired(*pair(rng, k, 0.80, 0.75, seed_sd=0.015))
         hits += r["p"] < 0.05 and r["estimate"] > 0
     print(f"\npower, 5-point difference, 624 images x {k} seeds (seed sd 1.5 points): {hits / 100:.2f} over 100")
     assert hits / 100 >= least
@@ -172,14 +158,14 @@ def test_power_for_a_5_point_difference(k, least):
 def test_tost_accepts_equal_cells_and_rejects_a_5_point_gap():
     rng = np.random.default_rng(30)
     # Equivalence within +-2 points needs a tight difference: 8 seeds, seed sd 1 point.
-    same = [statistics.tost(*pair(rng, 8, 0.8, 0.8, seed_sd=0.01, cell_sd=0.0)) for _ in range(40)]
-    assert np.mean([t["p"] < 0.05 for t in same]) >= 0.85
-    assert all((t["p"] < 0.05) == t["equivalent"] for t in same)  # TOST p and the 90 % interval agree
-    gap = [statistics.tost(*pair(rng, 8, 0.8, 0.75, seed_sd=0.01, cell_sd=0.0)) for _ in range(40)]
-    assert all(t["p"] >= 0.05 and not t["equivalent"] for t in gap)
-    assert all(t["high"] < -0.02 or t["low"] > 0.02 for t in gap)  # and wholly outside the margin
+    same = [statistics.paired(*pair(rng, 8, 0.8, 0.8, seed_sd=0.01, cell_sd=0.0), margin=0.02) for _ in range(40)]
+    assert np.mean([t["p_tost"] < 0.05 for t in same]) >= 0.85
+    assert all(t["p_outside"] > 0.5 for t in same)
+    gap = [statistics.paired(*pair(rng, 8, 0.8, 0.75, seed_sd=0.01, cell_sd=0.0), margin=0.02) for _ in range(40)]
+    assert all(t["p_tost"] >= 0.05 and t["p_outside"] < 0.05 for t in gap)
+    assert all(t["high"] < -0.02 or t["low"] > 0.02 for t in gap)  # the 95 % interval wholly outside the margin
     # At a true gap of exactly the margin, TOST may accept only alpha of the time.
-    edge = [statistics.tost(*pair(rng, 5, 0.8, 0.78, seed_sd=0.01))["p"] < 0.05 for _ in range(150)]
+    edge = [statistics.paired(*pair(rng, 5, 0.8, 0.78, seed_sd=0.01), margin=0.02)["p_tost"] < 0.05 for _ in range(150)]
     assert np.mean(edge) <= mc_bound(0.05, len(edge))
 
 
@@ -188,7 +174,7 @@ def test_paired_test_resolves_what_two_separate_intervals_do_not():
     paired_hits = overlap_hits = 0
     for _ in range(30):
         a, b = pair(rng, 5, 0.80, 0.77, seed_sd=0.01)
-        paired_hits += statistics.paired(a, b, n_boot=0)["p"] < 0.05
+        paired_hits += statistics.paired(a, b)["p"] < 0.05
         (_, lo_a, _), (_, _, hi_b) = statistics.cell_interval(a), statistics.cell_interval(b)
         overlap_hits += lo_a > hi_b
     assert paired_hits >= 22 and overlap_hits <= 3
@@ -197,15 +183,30 @@ def test_paired_test_resolves_what_two_separate_intervals_do_not():
 def test_paired_result_is_consistent():
     rng = np.random.default_rng(50)
     a, b = pair(rng, 4, 0.82, 0.78)
-    r = statistics.paired(a, b, "balanced_acc", n_boot=2000)
+    r = statistics.paired(a, b, "balanced_acc")
     assert (r["n_seeds_a"], r["n_seeds_b"], r["n_images"]) == (4, 4, N_IMAGES)
     assert r["estimate"] == pytest.approx(r["mean_a"] - r["mean_b"])
-    assert r["low"] < r["estimate"] < r["high"] and r["boot_low"] < r["estimate"] < r["boot_high"]
-    assert (r["p"] < 0.05) == (r["low"] > 0 or r["high"] < 0)
-    swapped = statistics.paired(b, a, "balanced_acc", n_boot=0)
+    assert r["low"] < r["estimate"] < r["high"] and 0 <= r["p_better"] <= 1 and r["mde"] > 0
+    swapped = statistics.paired(b, a, "balanced_acc")
     assert swapped["estimate"] == pytest.approx(-r["estimate"]) and swapped["p"] == pytest.approx(r["p"])
+    assert swapped["p_better"] == pytest.approx(1 - r["p_better"])
     with pytest.raises(ValueError, match="at least 2"):
         statistics.paired(a[a.number == 0], b)
+
+
+@pytest.mark.parametrize("level", [0.95, 0.99, 0.9])
+def test_the_p_value_and_the_interval_agree(level):
+    """p < 1 - level exactly when the interval at `level` leaves out 0, at every variance ratio:
+    the p-value inverts the same calibrated critical values the interval uses."""
+    rng = np.random.default_rng(51)
+    label = np.r_[np.zeros(40, int), np.ones(60, int)]
+    for k in (2, 3, 6):
+        ca = rng.random((400, k, 100)) < rng.uniform(0.6, 0.95, (400, k, 1))
+        cb = rng.random((400, k, 100)) < rng.uniform(0.6, 0.95, (400, k, 1))
+        r = statistics.compare(ca, cb, label, level=level)
+        outside = (r["low"] > 0) | (r["high"] < 0)
+        near = np.abs(r["p"] - (1 - level)) < 1e-6
+        assert ((r["p"] < 1 - level) == outside)[~near].all()
 
 
 # ---------------------------------------------------------------- Holm and timings

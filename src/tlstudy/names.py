@@ -35,6 +35,7 @@ PHASE = "phase"  # SEARCH or REPLICATE
 SEARCH, REPLICATE = "search", "replicate"
 TRAIN_SEED = "train_seed"  # model init, batch order, augmentation: 0 in the search, 1..K for replicates
 IS_PROTOCOL = "protocol"  # True for the cell's search trial that ran the report's protocol
+ROUND = "round"  # a replicate's round under --seeds auto: 1 for the first K seeds, then 2, 3, ...
 HISTORY = "history"  # the epoch records, as JSON
 FAIL_REASON = "fail_reason"  # why a FAIL trial failed
 NODE_ID = "node_id"  # the Ray node the trial ran on
@@ -53,6 +54,7 @@ BASE_CONFIG = "base_config"  # the trial settings every trial shared
 BUDGET = "budget"  # search budget, seeds and pruner
 COMMAND = "command"  # the command line that ran it, password hidden
 THROUGHPUT = "throughput"  # the timed training steps claim 1 is judged on
+ROUNDS = "rounds"  # --seeds auto: the plan of looks, each look's level, verdicts and per-cell seed targets
 
 # ---------------------------------------------------------------- artifacts beside the study
 

@@ -99,15 +99,25 @@ PROTOCOL = dict(optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-6, batch
 # before the last epoch left the train-only-tiling cells underfit, and 160 images let one of
 # them fall to the base rate.
 # full: the report's protocol (224 px, 30 epochs, every image).
-# budget: search trials per cell (the first runs PROTOCOL); seeds: replicates of each cell's best.
+# budget: search trials per cell (the first runs PROTOCOL); seeds: replicates of each cell's best,
+# and max_seeds > seeds: --seeds auto, rounds of more replicates until the claims are decided.
 # fmt: off
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": dict(image_size=32, epochs=3, step_size=3, phantom_sizes=(180, 100, 200), max_train=180,
-                  weights_policy="auto", budget=2, seeds=3),
+                  weights_policy="auto", budget=2, seeds=3, max_seeds=3),
     "full": dict(image_size=224, epochs=30, step_size=7, phantom_sizes=(5216, 522, 624), max_train=None,
-                 weights_policy="strict", budget=8, seeds=5),
+                 weights_policy="strict", budget=8, seeds=5, max_seeds=10),
 }
 # fmt: on
+AUTO_MAX_SEEDS = 8  # --seeds auto's cap where the profile has none
+SEED_STEP = 2  # --seeds auto: replicates added per round to the cells of undecided claims
+
+
+def seed_plan(first: int, max_seeds: int, step: int = SEED_STEP) -> list[int]:
+    """Seeds per cell at each look of --seeds auto: first, first + step, ..., max_seeds."""
+    return list(range(first, max_seeds, step)) + [max_seeds] if max_seeds > first else [first]
+
+
 # What makes two trials comparable (with the space, its fixed settings and the data).
 PROFILE_KEYS = ("image_size", "epochs", "step_size", "phantom_sizes", "max_train", "weights_policy")
 PRUNERS = ("median", "percentile", "halving", "hyperband", "none")
@@ -220,7 +230,8 @@ class StudySettings:
     data: DataSettings
     shared: dict[str, Any]  # the trial settings every trial shares: epochs, step_size, ..., the space's FIXED
     budget: int  # search trials per cell
-    seeds: int  # replicates of each cell's best
+    seeds: int  # replicates of each cell's best (under --seeds auto: the first round's)
+    max_seeds: int = 0  # above seeds: --seeds auto (tlstudy.analysis.sequential), else a fixed design
     pruner: str = "median"
     study_name: str = ""
     results: str = "results"
@@ -238,6 +249,15 @@ class StudySettings:
     max_concurrent: int | None = None
     verbose: bool = False
     command: str = ""  # the command line that reruns this one, password hidden
+
+    @property
+    def auto_seeds(self) -> bool:
+        return self.max_seeds > self.seeds
+
+    @property
+    def looks(self) -> list[int]:
+        """Seeds per cell at each look (one look for a fixed design)."""
+        return seed_plan(self.seeds, self.max_seeds)
 
     def profile_values(self) -> dict[str, Any]:
         """The profile's settings that make trials comparable, as resolved."""
@@ -259,7 +279,18 @@ class StudySettings:
 def resolve_study(space_summary: dict[str, Any], profile: str, flags: dict[str, Any]) -> StudySettings:
     """The study's settings: the profile, overridden by the space file's, overridden by the flags given."""
     s = {**PROFILES[profile], **space_summary["profiles"].get(profile, {})}
-    s.update({k: flags[k] for k in s if flags.get(k) is not None})
+    asked = flags.get("seeds")
+    s.update({k: flags[k] for k in s if flags.get(k) is not None and k not in ("seeds", "max_seeds")})
+    if asked not in (None, "auto"):
+        s["seeds"] = s["max_seeds"] = int(asked)  # a number of seeds: a fixed design
+    if asked == "auto" or flags.get("max_seeds") is not None:
+        default = s["max_seeds"] if s["max_seeds"] > s["seeds"] else AUTO_MAX_SEEDS
+        s["max_seeds"] = flags.get("max_seeds") or default
+        if s["max_seeds"] < max(2, s["seeds"]) or s["seeds"] < 2:
+            raise UserError(
+                f"--seeds auto starts from {s['seeds']} seeds and goes up to --max-seeds {s['max_seeds']}: "
+                "it needs at least 2 seeds to start and a --max-seeds at least that"
+            )
     shared = {k: s[k] for k in ("epochs", "step_size", "weights_policy")}
     shared = {**shared, "frozen_bn": flags.get("frozen_bn") or DEFAULTS["frozen_bn"], **space_summary["fixed"]}
     source, skip, seed = (
@@ -271,11 +302,18 @@ def resolve_study(space_summary: dict[str, Any], profile: str, flags: dict[str, 
         source, s["image_size"], tuple(s["phantom_sizes"]), s["max_train"], skip_bad_images=skip, seed=seed
     )
     # The other fields are the flags of the same names, where given.
-    resolved = {"space", "profile", "data", "shared", "budget", "seeds"}
+    resolved = {"space", "profile", "data", "shared", "budget", "seeds", "max_seeds"}
     given = {f.name: flags[f.name] for f in fields(StudySettings) if f.name not in resolved}
     given = {k: v for k, v in given.items() if v is not None}
     given = {"study_name": space_summary["name"], **given, "space": space_summary["name"], "profile": profile}
-    return StudySettings(data=data, shared=shared, budget=s["budget"], seeds=s["seeds"], **given)
+    return StudySettings(
+        data=data,
+        shared=shared,
+        budget=s["budget"],
+        seeds=s["seeds"],
+        max_seeds=max(s["seeds"], s["max_seeds"]),
+        **given,
+    )
 
 
 def fingerprint(design: dict[str, Any]) -> str:

@@ -10,9 +10,14 @@ Nothing here knows the report's claims: a new row of claims.csv is judged like t
 
 Each comparison uses the COMPLETE replicate-phase trials of its two cells at one checkpoint and
 gets a verdict (see `evaluate`): supported, contradicted, inconclusive, or void with its reason.
-Holm's correction runs over all non-void comparisons of one evaluation, the family a report
-draws its conclusions from.
+Holm's correction runs over the non-void comparisons still undecided at one look, the family a
+report draws its conclusions from (a study run with --seeds auto looks several times, each at its
+own share of alpha: tlstudy.analysis.sequential). Each verdict carries what it rests on: the data
+source, the seeds per cell and the failed replicates left out, the smallest difference it could
+detect at 80 % power, and P(A > B) over seed pairs.
 """
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,13 +28,32 @@ from tlstudy.settings import Cell
 from tlstudy.spaces import reference_dir
 
 CLAIMS = reference_dir() / "claims.csv"
-COLUMNS = ["claim", "cells", "metric", "estimate", "low", "high", "p", "p_holm", "margin", "verdict", "reason"]
+COLUMNS = [
+    "claim",
+    "cells",
+    "metric",
+    "estimate",
+    "low",
+    "high",
+    "p",
+    "p_holm",
+    "level",
+    "margin",
+    "verdict",
+    "look",
+    "data_source",
+    "n_a",
+    "n_b",
+    "failed_a",
+    "failed_b",
+    "mde",
+    "p_better",
+    "reason",
+]
 EXTRA = [
     "group",
     "direction",
     "about",
-    "n_a",
-    "n_b",
     "mean_a",
     "mean_b",
     "tost_low",
@@ -43,6 +67,7 @@ DIRECTIONS = ("greater", "less", "equivalent")
 COMPARABLE = ("data_fingerprint", "image_size", "profile", "epochs")
 SETTING = ("device", "batch_size", "image_size", "repeat")  # a throughput comparison holds these fixed
 PHANTOM = "ImageNet features say nothing about X-ray transfer on synthetic phantoms"
+NO_SOURCE = "the trials record no weights_source: pretrained and random-init weights cannot be told apart"
 
 
 def load(path=CLAIMS):
@@ -75,7 +100,7 @@ def _void(reasons):
     return dict(void=True, reason="; ".join(reasons))
 
 
-def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpoint):
+def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpoint, groups):
     """One comparison of a test metric: its figures, or why it is void."""
     reasons, picked = [], {}
     for side in ("a", "b"):
@@ -91,12 +116,15 @@ def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpo
     transfer = c.get("about") == "transfer"
     if transfer and any(str(s.get("data_source", "")).startswith("phantom") for s in (sa, sb)):
         reasons.append(PHANTOM)
+    out: dict[str, Any] = dict(data_source=str(sa.get("data_source", "")))
     for side in ("a", "b"):
         study, cell = c[f"study_{side}"], cells[side]
-        done = trials[(trials.study == study) & (trials.state == "COMPLETE") & (trials[PHASE] == REPLICATE)]
-        done, missing = _select(done, cell)
+        mine = trials[(trials.study == study) & (trials[PHASE] == REPLICATE)]
+        mine, missing = _select(mine, cell)
         if missing:
             reasons.append(f"{study}'s trials have no parameter {', '.join(missing)}")
+        done = mine[mine.state == "COMPLETE"]
+        out[f"failed_{side}"] = int((mine.state == "FAIL").sum())
         p = predictions[(predictions.study == study) & predictions.number.isin(done.number)]
         k = p.number.nunique()
         if k < 2:
@@ -104,6 +132,8 @@ def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpo
                 f"{study} {c[f'cell_{side}']}: {k} complete replicate(s) with {checkpoint} predictions "
                 "(needs 2: run the cell's replicate phase)"
             )
+        if transfer and WEIGHTS_SOURCE not in done:
+            reasons.append(NO_SOURCE)
         fallback = int((done.get(WEIGHTS_SOURCE, pd.Series(dtype=str)) == RANDOM_FALLBACK).sum())
         if transfer and fallback:
             reasons.append(
@@ -112,26 +142,25 @@ def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpo
             )
         picked[side] = p
     if reasons:
-        return _void(reasons)
+        return dict(out, **_void(list(dict.fromkeys(reasons))))
+    equivalent = c["direction"] == "equivalent"
     try:
-        r = statistics.paired(picked["a"], picked["b"], c["metric"], level=1 - alpha, n_boot=0)
-        out = dict(
-            estimate=r["estimate"],
-            low=r["low"],
-            high=r["high"],
-            p=r["p"],
-            n_a=r["n_seeds_a"],
-            n_b=r["n_seeds_b"],
-            mean_a=r["mean_a"],
-            mean_b=r["mean_b"],
-            void=False,
-            reason="",
+        r = statistics.paired(
+            picked["a"],
+            picked["b"],
+            c["metric"],
+            level=0.95,
+            groups=(groups or {}).get(c["study_a"]),
+            margin=margin if equivalent else None,
         )
-        if c["direction"] == "equivalent":
-            t = statistics.tost(picked["a"], picked["b"], c["metric"], margin=margin, alpha=alpha)
-            out.update(p=t["p"], margin=margin, tost_low=t["low"], tost_high=t["high"])
     except ValueError as e:  # e.g. the two cells were tested on different images
-        return _void([str(e)])
+        return dict(out, **_void([str(e)]))
+    out.update({k: r[k] for k in ("estimate", "low", "high", "mean_a", "mean_b", "p_better", "se", "df")})
+    out["variance_ratio"] = r["ratio"]
+    out.update(n_a=r["n_seeds_a"], n_b=r["n_seeds_b"], n_clusters=r["n_clusters"], n_images=r["n_images"])
+    out.update(p=r["p"], void=False, reason="")
+    if equivalent:  # one p for the claim: the equivalence test, or the test that it lies outside
+        out.update(margin=margin, p_tost=r["p_tost"], p_outside=r["p_outside"], p=min(r["p_tost"], r["p_outside"]))
     return out
 
 
@@ -180,21 +209,32 @@ def _throughput_row(c, cells, throughput, studies, alpha):
         void=False,
         setting=", ".join(f"{k}={v}" for k, v in zip(keys, best)),
         ratio=r["ratio"],
+        ratio_low=r["ratio_low"],
+        ratio_high=r["ratio_high"],
     )
 
 
 def _verdict(r, alpha):
     if r["void"]:
         return "void"
-    if r["direction"] == "equivalent":
-        if r["p_holm"] < alpha:
-            return "supported"
-        outside = r["low"] > r["margin"] or r["high"] < -r["margin"]
-        return "contradicted" if outside else "inconclusive"
-    if r["p_holm"] >= alpha:
+    if r.get("decided"):
+        return r["decided"]
+    if not r["p_holm"] < alpha:
         return "inconclusive"
+    if r["direction"] == "equivalent":
+        return "supported" if r["p_tost"] <= r["p_outside"] else "contradicted"
     claimed = 1 if r["direction"] == "greater" else -1
     return "supported" if claimed * r["estimate"] > 0 else "contradicted"
+
+
+def _mde(r, level):
+    """The smallest |a - b| detectable at 80 % power at this claim's level (its Bonferroni share)."""
+    if r["void"] or r["metric"] == "s_per_step" or pd.isna(r.get("se")):
+        return np.nan
+    q = np.array([r["variance_ratio"]])
+    return float(
+        (statistics.reference_quantile(level, r["df"], q) + statistics.reference_quantile(0.4, r["df"], q))[0] * r["se"]
+    )
 
 
 def _why(r, alpha):
@@ -203,32 +243,56 @@ def _why(r, alpha):
         return r["reason"]
     seconds = r["metric"] == "s_per_step"
     f = (lambda v: f"{v:+.4g} s") if seconds else (lambda v: f"{100 * v:+.1f} points")
-    text = (
-        f"a - b {f(r['estimate'])}, {100 * (1 - alpha):.0f} % interval [{f(r['low'])}, {f(r['high'])}]; "
-        f"{r['n_a']:.0f} vs {r['n_b']:.0f} {'timed runs' if seconds else 'seeds'}"
-    )
+    text = f"a - b {f(r['estimate'])}, 95 % interval [{f(r['low'])}, {f(r['high'])}]; "
     if seconds:
-        text += f"; ratio {r['ratio']:.3g} at {r['setting']}"
-    if r["direction"] == "equivalent":
-        text += (
-            f"; TOST at ±{100 * r['margin']:.1f} points: {100 * (1 - 2 * alpha):.0f} % interval "
-            f"[{f(r['tost_low'])}, {f(r['tost_high'])}]"
-        )
-    return text + f"; p {r['p']:.3g}, Holm-adjusted {r['p_holm']:.3g} ({'<' if r['p_holm'] < alpha else '>='} {alpha})"
+        text += f"{r['n_a']:.0f} vs {r['n_b']:.0f} timed runs; ratio {r['ratio']:.3g} at {r['setting']}"
+    else:
+        left = [f"{r[f'failed_{s}']:.0f} failed in {s}" for s in "ab" if r.get(f"failed_{s}", 0)]
+        text += f"{r['n_a']:.0f} vs {r['n_b']:.0f} seeds" + (f" ({', '.join(left)}, left out)" if left else "")
+        text += f" on {r['n_images']:.0f} test images"
+        if r.get("n_clusters", r["n_images"]) < r["n_images"]:
+            text += f" of {r['n_clusters']:.0f} patients"
+        text += f"; P(a > b) over seed pairs {r['p_better']:.2f}"
+        if str(r.get("data_source", "")).startswith("phantom"):
+            text += "; on the synthetic phantom, not X-rays"
+    if r["direction"] == "equivalent" and not seconds:
+        text += f"; TOST at ±{100 * r['margin']:.1f} points: p {r['p_tost']:.3g}, outside the margin: p {r['p_outside']:.3g}"
+    if r.get("decided"):
+        return text + f"; p {r['p']:.3g} now; decided at look {r['look']:.0f}, which kept its verdict"
+    text += f"; p {r['p']:.3g}, Holm-adjusted {r['p_holm']:.3g} ({'<' if r['p_holm'] < alpha else '>='} {alpha:.3g})"
+    if r["verdict"] == "inconclusive" and not pd.isna(r.get("mde")):
+        text += f"; it could detect {100 * r['mde']:.1f} points at 80 % power"
+    return text
 
 
-def evaluate(claims, trials, predictions, studies, throughput=None, margin=0.02, alpha=0.05, checkpoint="best_loss"):
+def evaluate(
+    claims,
+    trials,
+    predictions,
+    studies,
+    throughput=None,
+    margin=0.02,
+    alpha=0.05,
+    checkpoint="best_loss",
+    groups=None,
+    decided=None,
+    look=0,
+):
     """Judge every row of `claims` (see `load`) on this evaluation's data.
 
     trials: one row per trial (study, number, state, phase, train_seed, weights_source and the cell
     parameters); predictions: the long per-image frame (study, number, checkpoint, image_id, label,
-    pred, ...); studies: study name -> dict(data_fingerprint, data_source, image_size, profile,
-    epochs); throughput: a frame (arch, device, batch_size, image_size, repeat, s_per_step) or None.
-    Returns COLUMNS, then EXTRA. Directional claims: supported when the Holm-adjusted p < alpha with
-    the claimed sign, contradicted with the other sign, else inconclusive. Equivalence claims
-    (TOST within +-margin): supported when the Holm-adjusted TOST p < alpha, contradicted when the
-    (1 - alpha) interval lies wholly outside +-margin, else inconclusive. Void rows have no p."""
+    pred, train_seed, ...); studies: study name -> dict(data_fingerprint, data_source, image_size,
+    profile, epochs); throughput: a frame (arch, device, batch_size, image_size, repeat, s_per_step)
+    or None; groups: study -> {test image id: patient}; decided: claim -> (verdict, look) of the
+    claims an earlier look decided, which keep their verdict and leave the family; alpha: this
+    look's level. Returns COLUMNS, then EXTRA. Directional claims: supported when the Holm-adjusted
+    p < alpha with the claimed sign, contradicted with the other sign. Equivalence claims (within
+    +-margin): supported when the Holm-adjusted TOST p < alpha, contradicted when the test that the
+    difference lies outside +-margin rejects at the same level. Otherwise inconclusive. Void rows
+    have no p."""
     preds = predictions[predictions.checkpoint == checkpoint]
+    decided = decided or {}
     rows = []
     for c in claims.to_dict("records"):
         cells = {"a": Cell.parse(c["cell_a"]).as_dict(), "b": Cell.parse(c["cell_b"]).as_dict()}
@@ -241,6 +305,7 @@ def evaluate(claims, trials, predictions, studies, throughput=None, margin=0.02,
             high=np.nan,
             p=np.nan,
             margin=np.nan,
+            look=look,
             **{k: c.get(k, "") for k in EXTRA if k in claims},
         )
         if c["metric"] == "s_per_step" and c["direction"] == "equivalent":
@@ -248,13 +313,22 @@ def evaluate(claims, trials, predictions, studies, throughput=None, margin=0.02,
         elif c["metric"] == "s_per_step":
             base.update(_throughput_row(c, cells, throughput, studies, alpha))
         else:
-            base.update(_accuracy_row(c, cells, trials, preds, studies, margin, alpha, checkpoint))
+            base.update(_accuracy_row(c, cells, trials, preds, studies, margin, alpha, checkpoint, groups))
+        if not base["void"] and c["claim"] in decided:
+            base.update(decided=decided[c["claim"]][0], look=decided[c["claim"]][1])
         rows.append(base)
     out = pd.DataFrame(rows)
     if out.empty:
         return pd.DataFrame(columns=COLUMNS + EXTRA)
-    out["p_holm"] = statistics.holm(out.p.where(~out.void.astype(bool)))
+    if "decided" not in out:
+        out["decided"] = None
+    family = ~out.void.astype(bool) & out.decided.isna()
+    out["p_holm"] = statistics.holm(out.p.where(family))
+    out["level"] = np.where(family, alpha, np.nan)
     out["verdict"] = [_verdict(r, alpha) for r in out.to_dict("records")]
+    m = max(1, int(family.sum()))
+    out["mde"] = [_mde(r, alpha / m) for r in out.to_dict("records")]
     out["reason"] = [_why(r, alpha) for r in out.to_dict("records")]
-    out[["n_a", "n_b"]] = out.reindex(columns=["n_a", "n_b"]).astype("Int64")
+    for k in ("n_a", "n_b", "failed_a", "failed_b"):
+        out[k] = out.reindex(columns=[k])[k].astype("Int64")
     return out.reindex(columns=COLUMNS + EXTRA)

@@ -8,7 +8,17 @@ import pandas as pd
 from tlstudy.analysis import claims as tlclaims
 from tlstudy.analysis import export, tables
 from tlstudy.analysis.tables import markdown
-from tlstudy.names import BASE_CONFIG, BUDGET, COMMAND, DATA, DATA_ARGS, RANDOM_FALLBACK, THROUGHPUT, WEIGHTS_SOURCE
+from tlstudy.names import (
+    BASE_CONFIG,
+    BUDGET,
+    COMMAND,
+    DATA,
+    DATA_ARGS,
+    RANDOM_FALLBACK,
+    ROUNDS,
+    THROUGHPUT,
+    WEIGHTS_SOURCE,
+)
 
 
 class Page:
@@ -48,8 +58,8 @@ class Page:
             "",
             "Each cell's best search configuration (lowest val loss), trained again with each training seed: "
             "figures are means over those replicates (± sd over seeds). Test accuracy is at the best-val-loss "
-            "checkpoint, with a 95 % interval over seeds and test images (`inference.cell_interval`: a t "
-            "interval with the seed and image variance; Wilson's interval over the test images when a cell "
+            "checkpoint, with a 95 % interval over seeds and test images (`statistics.cell_interval`: the "
+            "seed and image variance against calibrated critical values; Wilson's interval over the test images when a cell "
             "has one replicate). Search trials never scored the test split: they were chosen on val loss "
             "alone.",
             "",
@@ -189,36 +199,51 @@ class Page:
         lines += [
             "## The report's claims, tested",
             "",
-            f"Paired comparisons of cells on the replicates' test predictions (best-val-loss checkpoint); "
-            f"estimate a - b with its 95 % interval; p adjusted by Holm (α = {self.alpha}); equivalence claims "
-            f"by TOST with margin ±{self.margin:.0%}. A verdict is **void** when the comparison cannot speak "
-            "(see the reason).",
+            "![the claims at a glance](claims_forest.png)",
+            "",
+            "Paired comparisons of cells on the replicates' test predictions (best-val-loss checkpoint): "
+            "estimate a - b with its 95 % interval, over training seeds (paired by seed, Scheffé's exact "
+            "df) and test images (by patient where the images carry one), against critical values "
+            f"calibrated on the share of each (`tlstudy.analysis.critical`). Holm's correction holds the "
+            f"family-wise error at α = {self.alpha}{self.looks()}; equivalence claims by TOST with margin "
+            f"±{self.margin:.0%}, at the same adjusted level. A verdict is **void** when the comparison "
+            "cannot speak (see the reason). Each states what it rests on: the data, the seeds per cell "
+            "and the failed replicates left out, P(a > b) over seed pairs (Bouthillier et al. 2021) and, "
+            "when inconclusive, the smallest difference it could have detected at 80 % power.",
             "",
         ]
         for r in judged.to_dict("records"):
             lines.append(f"- **{r['claim']}** ({r['verdict']}): {self.plain(r)}")
-        shown = judged[tlclaims.COLUMNS].copy()
-        for k in ("estimate", "low", "high", "p", "p_holm"):
+        shown = judged[tlclaims.COLUMNS].drop(columns=["reason"]).copy()
+        for k in ("estimate", "low", "high", "p", "p_holm", "level", "mde", "p_better"):
             shown[k] = shown[k].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
         return lines + ["", markdown(shown), ""]
 
+    def looks(self):
+        """How the rounds of a study run with --seeds auto spent alpha, or nothing for a fixed design."""
+        rounds = [r for s in self.studies for r in s.user_attrs.get(ROUNDS, {}).get("looks", [])]
+        if not rounds:
+            return ""
+        spent = ", ".join(f"look {r['look']} ({r['seeds']} seeds) at {r['alpha']:.3g}" for r in rounds)
+        return (
+            f", spent over the looks of `--seeds auto` by the power family (ρ = 2; "
+            f"tlstudy.analysis.sequential): {spent}"
+        )
+
     @staticmethod
     def plain(r):
-        """One sentence per claim, in plain words."""
+        """One sentence per claim, in plain words, with what it rests on."""
         gloss = r.get("gloss_en") or r["claim"]
         if r["verdict"] == "void":
             return f"{gloss}. This study cannot say: {r['reason']}."
-        unit = "s/step" if r["metric"] == "s_per_step" else "points"
-        scale = 1 if unit == "s/step" else 100
-        iv = f"{r['estimate'] * scale:+.2f} {unit} [{r['low'] * scale:+.2f}, {r['high'] * scale:+.2f}]"
         said = {
             "supported": "the data support it",
             "contradicted": "the data contradict it",
             "inconclusive": "the data cannot tell at this size",
         }[r["verdict"]]
-        return f"{gloss}. Difference {iv}; {said}" + (
-            f" (p_holm {r['p_holm']:.3g})." if not pd.isna(r["p_holm"]) else "."
-        )
+        source = "the synthetic phantom" if str(r.get("data_source", "")).startswith("phantom") else "X-rays"
+        on = "" if r["metric"] == "s_per_step" else f" On {source}:"
+        return f"{gloss}. {said[0].upper()}{said[1:]}.{on} {r['reason']}."
 
     def best(self):
         first = self.studies[0]

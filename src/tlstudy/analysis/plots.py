@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from tlstudy.names import CELL  # noqa: E402
+from tlstudy.names import CELL, PHASE  # noqa: E402
 
 
 def learning_curves(per_trial, epochs, axes, path):
@@ -65,17 +65,62 @@ def test_accuracy(rows, path):
 
 
 def val_vs_test(per_trial, path):
-    """Val accuracy at the best-val checkpoint against test accuracy, one point per completed trial."""
+    """Val accuracy at the best-val checkpoint against test accuracy, one point per completed trial
+    that scored the test split: a colour per cell, a marker per phase."""
     t = per_trial[per_trial.state == "COMPLETE"]
-    fig, ax = plt.subplots(figsize=(4.5, 4.2), dpi=90)
-    if "test_best_acc" in t:
-        ax.scatter(t.val_acc_at_best, t.test_best_acc, s=18)
+    t = t.dropna(subset=["test_best_acc"]) if "test_best_acc" in t else t.iloc[0:0]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=90)
+    cells = sorted(t[CELL].astype(str).unique()) if CELL in t else []
+    markers = {"search": "s", "replicate": "o"}
+    for i, cell in enumerate(cells):
+        for phase, g in t[t[CELL].astype(str) == cell].groupby(PHASE) if PHASE in t else []:
+            ax.scatter(
+                g.val_acc_at_best, g.test_best_acc, s=22, color=f"C{i % 10}", marker=markers.get(phase, "^"),
+                label=f"{cell} ({phase})", alpha=0.8,
+            )  # fmt: skip
     ax.plot([0, 1], [0, 1], ":", color="grey", label="val = test")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("val accuracy (best-val checkpoint)")
     ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=5, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+VERDICT_COLOURS = {"supported": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:orange", "void": "grey"}
+
+
+def forest(judged, path):
+    """The claims at a glance: each claim's estimate a - b with its 95 % interval, zero (or the
+    equivalence claims' +-margin band), the verdict as a colour and the seeds per cell beside it.
+    Accuracy claims in points; the speed claim (s_per_step) as the percent difference of its
+    geometric mean time, a / b - 1."""
+    rows = judged.iloc[::-1].to_dict("records")
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * max(len(rows), 2) + 1.3), dpi=90)
+    for y, r in enumerate(rows):
+        colour = VERDICT_COLOURS.get(r["verdict"], "black")
+        if r["metric"] == "s_per_step" and r.get("ratio") == r.get("ratio") and r["verdict"] != "void":
+            est, low, high = (100 * (v - 1) for v in (r["ratio"], r["ratio_low"], r["ratio_high"]))
+            what = f"{r['n_a']} / {r['n_b']} timed runs (% of time)"
+        elif r["verdict"] != "void":
+            est, low, high = (100 * r[k] for k in ("estimate", "low", "high"))
+            what = f"{r['n_a']} / {r['n_b']} seeds"
+        else:
+            ax.text(0, y, "void", color=colour, ha="center", va="center", fontsize=7)
+            continue
+        if r["direction"] == "equivalent":
+            m = 100 * r["margin"]
+            ax.fill_between([-m, m], y - 0.35, y + 0.35, color="tab:blue", alpha=0.15, lw=0)
+        ax.errorbar([est], [y], xerr=[[est - low], [high - est]], fmt="o", color=colour, capsize=3)
+        ax.annotate(f"{r['verdict']}, {what}", (high, y), xytext=(5, 0), textcoords="offset points",
+                    va="center", fontsize=6, color=colour)  # fmt: skip
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [str(r["claim"]) for r in rows], fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel("a - b: points of test accuracy (claim on speed: % of time); band: equivalence margin")
+    ax.margins(x=0.25)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from tlstudy import spaces
 from tlstudy.analysis import claims as tlclaims
-from tlstudy.analysis import export, plots, reference, tables
+from tlstudy.analysis import export, plots, reference, sequential, tables
 from tlstudy.analysis.page import Page
 from tlstudy.analysis.tables import markdown
 from tlstudy.errors import UserError
@@ -28,6 +28,7 @@ from tlstudy.names import (
     DESIGN,
     PHASE,
     RANDOM_FALLBACK,
+    ROUNDS,
     SPACE,
     THROUGHPUT,
     TRAIN_SEED,
@@ -63,16 +64,17 @@ def study_meta(study):
     )
 
 
-def claim_inputs(storage: Any, current: dict, artifact_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict, Any]:
-    """(trials, predictions, studies, throughput) of the report's tasks stored beside the current studies."""
-    trials, preds, meta, speed = [], [], {}, []
+def claim_inputs(storage: Any, current: dict, results: Path) -> dict:
+    """tlclaims.evaluate's data (trials, predictions, studies, throughput, groups) from the report's
+    tasks stored beside the current studies; groups: each task's test images' patients (splits.csv)."""
+    trials, preds, meta, speed, groups = [], [], {}, [], {}
     names = set(optuna.get_all_study_names(storage))
     for task in REPORT_TASKS:
         if task in current:
             study, (_, per_trial, _, p) = current[task]
         elif task in names:
             study = optuna.load_study(study_name=task, storage=storage)
-            _, per_trial, _, p = study_frames(study, artifact_dir=artifact_dir)
+            _, per_trial, _, p = study_frames(study, artifact_dir=results / "artifacts")
         else:
             continue
         meta[task] = study_meta(study)
@@ -81,13 +83,32 @@ def claim_inputs(storage: Any, current: dict, artifact_dir: Path) -> tuple[pd.Da
             trials.append(per_trial.assign(study=task))
         if p is not None and len(p):
             preds.append(p.assign(study=task))
+        groups[task] = patients(results / task / "splits.csv")
     frame = lambda fs, cols: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame(columns=cols)  # noqa: E731
-    return (
-        frame(trials, ["study", "number", "state", PHASE, TRAIN_SEED, WEIGHTS_SOURCE]),
-        frame(preds, export.PREDICTION_COLUMNS),
-        meta,
-        pd.DataFrame(speed) if speed else None,
+    return dict(
+        trials=frame(trials, ["study", "number", "state", PHASE, TRAIN_SEED, WEIGHTS_SOURCE]),
+        predictions=frame(preds, export.PREDICTION_COLUMNS),
+        studies=meta,
+        throughput=pd.DataFrame(speed) if speed else None,
+        groups=groups,
     )
+
+
+def patients(manifest: Path) -> dict | None:
+    """Test image id -> patient, from a study's split manifest (None without one)."""
+    if not manifest.is_file():
+        return None
+    m = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    test = m[m.split == "test"]
+    return dict(zip(test.id, test.group))
+
+
+def judge(storage: Any, current: dict, results: Path, margin: float, alpha: float, rounds: dict | None = None):
+    """The claims judged on the stored studies: at `alpha`, or, for a study run with --seeds auto,
+    at its latest look's level, with the claims earlier looks decided kept as decided."""
+    level, decided, look = sequential.current(rounds, alpha)
+    inputs = claim_inputs(storage, current, results)
+    return tlclaims.evaluate(tlclaims.load(), **inputs, margin=margin, alpha=level, decided=decided, look=look)
 
 
 def importances(study):
@@ -131,7 +152,8 @@ def write_report(
     rebuilt = reference.report_tables(rows, ref, tasks, axes) if len(ref) else {}
     beside = reference.side_by_side(rows, ref, tasks, axes) if len(ref) else pd.DataFrame()
     work = tables.show_your_work(per_trial, axes)
-    judged = tlclaims.evaluate(tlclaims.load(), *claim_inputs(storage, current, artifacts), margin=margin, alpha=alpha)
+    rounds = next((st.user_attrs[ROUNDS] for st in studies if st.user_attrs.get(ROUNDS)), None)
+    judged = judge(storage, current, out.parent, margin, alpha, rounds)
     image_size = studies[0].user_attrs.get(DATA, {}).get("image_size") or 224
     arch_table = reference.architecture_table(per_trial, image_size)
     imp, imp_note = (pd.DataFrame(), "not computed for a comparison") if space.compare else importances(studies[0])
@@ -150,6 +172,7 @@ def write_report(
             test_acc="test_accuracy.png",
             val_vs_test="val_vs_test.png",
             expected_best="show_your_work.png",
+            forest="claims_forest.png",
             report="REPORT.md",
         ).items()
     }
@@ -168,6 +191,7 @@ def write_report(
         plots.test_accuracy(rows.assign(cell=shown.cell), paths["test_acc"])
         plots.val_vs_test(per_trial, paths["val_vs_test"])
         plots.show_your_work(work, paths["expected_best"])
+        plots.forest(judged, paths["forest"])
         page = Page(studies, space, tasks, per_trial, margin, alpha)
         paths["report"].write_text(page.render(shown, rows, arch_table, rebuilt, beside, work, judged, imp, imp_note))
     except OSError as e:

@@ -2,47 +2,41 @@
 
 A cell is K replicate models (training seeds) scored on the same n test images. A metric
 (acc, balanced_acc, sensitivity, specificity) is linear in the K x n correct matrix C:
-metric = C @ u with fixed per-image weights u (1/n for accuracy, 1/(2 n_class) for balanced
-accuracy, ...), so both the variance and the bootstrap below are exact bilinear forms.
+metric = C @ u with fixed per-image weights u, so its variance is an exact quadratic form.
 Predictions are argmax over ALL outputs, so a prediction >= 2 (no class) is simply wrong.
 
-Two sources of variance, crossed, not nested: the training seed (init, batch order,
-augmentation) and the test images (Bouthillier et al. 2021). Test images are resampled
-within class, since the test split's class mix (Kermany: 234 NORMAL / 390 PNEUMONIA) is fixed
-by design.
+Two sources of variance, crossed (Bouthillier et al. 2021): the training seed (init, batch order,
+augmentation) and the test images. The difference D = mean_a - mean_b gets two terms:
+- the seed term, by Scheffe's (1943) pairing: seeds are paired in order (the same training seed
+  in both cells first: the study runs seeds 1..K in every cell, and a shared seed is correlated),
+  and with k <= n seeds the k values d_i = x_i - sqrt(k/n) y_i + sum_{j<=k} y_j / sqrt(k n) - mean(y)
+  are i.i.d. with mean D and variance k Var(D_seed), for ANY ratio of the cells' seed variances.
+  So S = var(d) / k has exactly k - 1 df. Welch-Satterthwaite's df, estimated from the same few
+  seeds, is what made the old test liberal (0.09-0.14 at 2-3 seeds, fragile against stable cells);
+- the image term, the variance over test images of the per-image difference of the cells' mean
+  correctness, within each class (the class mix is fixed by design), less the seed x image noise
+  that the seed term already holds (a two-way ANOVA residual). When the test images carry
+  patients (splits.csv), it is taken over patients: a cluster-robust variance of the linearised
+  class means (Cameron & Miller 2015), with df the number of patients less one per class.
+T = D / sqrt(S + V_i) is referred to critical values calibrated on the observed ratio V_i / S
+(tlstudy.analysis.critical): exact at t_{k-1} when the seeds dominate, normal when the images do,
+and with size within a few per cent of alpha between, at every true ratio. bench/calibration.py
+and tests/test_calibration.py check this on simulated cells (tlstudy.analysis.simulation).
 
-The p-value (and the interval that goes with it): a two-level t-test. The difference
-D = mean_a - mean_b gets the unbiased variance of the crossed design,
-    Var(D) = s_a^2/K_a + s_b^2/K_b + sum_h n_h u_h^2 max(0, S_h^2(d) - r_a,h/K_a - r_b,h/K_b),
-where s^2 is the sample variance of the per-seed metric (it holds the seed effect and the
-seed x image noise), S_h^2(d) the variance over the images of class h of the per-image
-difference of the cells' mean correctness, and r the seed x image residual mean square of each
-cell (two-way ANOVA), subtracted because S_h^2 holds that noise a second time. D / SE is referred
-to a t distribution with Welch-Satterthwaite degrees of freedom, which K_a - 1 and K_b - 1
-dominate. Why this and not the alternatives the issue names:
-- exact McNemar per seed pair, combined: McNemar conditions on the two trained models, so the
-  seed-to-seed variance (1-2 points of accuracy) is not in it at all, and the K_a x K_b pairs
-  share the test images, so combining them as independent tests is anti-conservative twice over;
-- permuting seed labels between the cells: exact, but with 3 + 3 seeds there are 20 splits and the
-  smallest two-sided p is 0.1: it can never reject; it also conditions on the test images;
-- inverting the naive two-level percentile bootstrap: its error depends on the mix of variances.
-  Resampling seeds and images independently counts the seed x image noise about three times
-  (Owen 2007, "The pigeonhole bootstrap"; no bootstrap is exact for crossed designs, McCullagh
-  2000), while its seed level has the plug-in variance (K-1)/K s^2/K and normal-like tails where
-  t with about K-1 df is due (t_4 = 2.78 against 1.96). On the simulator of tests/test_inference.py
-  (624 images, 1000 null comparisons each; MC SE 0.007) its false-positive rate at 95 % was 0.012
-  (3 seeds, seed sd 1 point) and 0.004 (5 seeds, 1 point): blunt; 0.061 (3 seeds, 2 points):
-  anti-conservative. This t-test: 0.057, 0.047, 0.048.
-The naive percentile interval is still computed, vectorised as the issue asks (multinomial
-weights: metric* = (w_seeds^T C / K) (v_images * u)), and returned as boot_low / boot_high for
-display; low / high are the t interval, which agrees with p (0 outside it iff p < 1 - level).
+Beside the p-value each comparison reports P(A > B) over seed pairs (Bouthillier et al. 2021) and
+the smallest difference it could detect at 80 % power, (c_alpha + c_0.4) SE.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
+from tlstudy.analysis import critical
+
 METRICS = ("acc", "balanced_acc", "sensitivity", "specificity")
-N_BOOT = 2000
 
 
 # ---------------------------------------------------------------- single proportions and metrics
@@ -81,9 +75,10 @@ def metric_of(pred, label, metric="acc"):
 
 
 def correct_matrix(preds):
-    """(C, label, image_ids): the K x n boolean correct matrix of one cell's predictions, rows
-    the trials (study, number) in order, columns the image ids sorted. Refuses a frame with
-    several checkpoints, duplicate rows, a trial that lacks an image, or inconsistent labels."""
+    """(C, label, image_ids, seeds): the K x n boolean correct matrix of one cell's predictions,
+    rows the trials in order of train_seed (of (study, number) without that column), columns the
+    image ids sorted. Refuses a frame with several checkpoints, duplicate rows, a trial that lacks
+    an image, or inconsistent labels."""
     if "checkpoint" in preds and preds.checkpoint.nunique() > 1:
         raise ValueError(f"predictions of several checkpoints {sorted(preds.checkpoint.unique())}: pick one")
     key = ["study", "number", "image_id"]
@@ -96,14 +91,21 @@ def correct_matrix(preds):
     labels = preds.groupby("image_id").label.agg(["min", "max"]).reindex(wide.columns)
     if (labels["min"] != labels["max"]).any():
         raise ValueError("an image has different labels in different trials")
+    seeds = (
+        preds.groupby(key[:2]).train_seed.first().reindex(wide.index).to_numpy(float)
+        if "train_seed" in preds
+        else np.arange(len(wide), dtype=float)
+    )
+    order = np.argsort(seeds, kind="stable")
     label = labels["min"].to_numpy(int)
-    return wide.to_numpy(int) == label, label, wide.columns.to_numpy()
+    return (wide.to_numpy(int) == label)[order], label, wide.columns.to_numpy(), seeds[order]
 
 
 def align(preds_a, preds_b):
-    """(C_a, C_b, label) on the same test images; refuses two cells whose images differ."""
-    ca, la, ia = correct_matrix(preds_a)
-    cb, lb, ib = correct_matrix(preds_b)
+    """(C_a, C_b, label, image_ids, (seeds_a, seeds_b)), rows in Scheffe pairing order (see
+    `pairing`); refuses two cells whose images differ."""
+    ca, la, ia, sa = correct_matrix(preds_a)
+    cb, lb, ib, sb = correct_matrix(preds_b)
     if len(ia) != len(ib) or (ia != ib).any():
         only_a, only_b = np.setdiff1d(ia, ib), np.setdiff1d(ib, ia)
         raise ValueError(
@@ -113,138 +115,218 @@ def align(preds_a, preds_b):
         )
     if (la != lb).any():
         raise ValueError("the two cells give the same image different labels")
-    return ca, cb, la
+    oa, ob = pairing(sa, sb)
+    return ca[oa], cb[ob], la, ia, (sa[oa], sb[ob])
 
 
-# ---------------------------------------------------------------- the two-level machinery
+def pairing(seeds_a, seeds_b):
+    """Row orders that pair the cells' seeds: the training seeds both cells ran first (in seed
+    order), then each cell's others in seed order. Fixed by the design, never by the outcomes."""
+    both = set(seeds_a) & set(seeds_b)
+    order = lambda s: sorted(range(len(s)), key=lambda i: (s[i] not in both, s[i]))  # noqa: E731
+    return order(list(seeds_a)), order(list(seeds_b))
 
 
-def _t_parts(mats, signs, label, u):
-    """(estimate, se, df) of sum_c sign_c * metric(cell c): the crossed seeds x images variance."""
-    if min(len(c) for c in mats) < 2:
-        raise ValueError("a cell needs at least 2 replicate models (seeds) for its seed variance")
-    est = sum(s * (c @ u).mean() for c, s in zip(mats, signs))
-    seed = [(c @ u).var(ddof=1) / len(c) for c in mats]
-    d = sum(s * c.mean(0) for c, s in zip(mats, signs))
-    image, image_df = 0.0, 0
+# ---------------------------------------------------------------- the two variance terms
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A difference (or one cell's metric) over a batch of comparisons, with its variance terms."""
+
+    estimate: np.ndarray
+    seed_var: np.ndarray
+    seed_df: float
+    image_var: np.ndarray
+    image_df: int
+
+    @property
+    def se(self) -> np.ndarray:
+        return np.sqrt(self.seed_var + self.image_var)
+
+    @property
+    def ratio(self) -> np.ndarray:
+        """The observed image-to-seed variance ratio that picks the critical value."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.seed_var > 0, self.image_var / self.seed_var, np.inf)
+
+
+def seed_term(xa, xb=None):
+    """(variance, df) of the seed part of mean(xa) - mean(xb), from per-seed metrics (batch x k,
+    rows in pairing order): Scheffe's paired combination, exact for any variance ratio."""
+    if xb is None:
+        return xa.var(1, ddof=1) / xa.shape[1], xa.shape[1] - 1
+    small, big = (xa, xb) if xa.shape[1] <= xb.shape[1] else (xb, xa)
+    k, n = small.shape[1], big.shape[1]
+    head = big[:, :k]
+    d = small - np.sqrt(k / n) * head + head.sum(1, keepdims=True) / np.sqrt(k * n) - big.mean(1, keepdims=True)
+    return d.var(1, ddof=1) / k, k - 1
+
+
+def image_term(mats, signs, label, u, groups=None):
+    """(variance, df) of the test images' part: within each class, the cluster-robust variance of
+    the per-image difference over patients (`groups`; each image its own without), less the seed x
+    image noise that the seed term holds already."""
+    d = sum(s * m.mean(1) for m, s in zip(mats, signs))
+    groups = np.arange(len(label)) if groups is None else np.asarray(groups)
+    var, df = np.zeros(len(d)), 0
     for h in np.unique(label[u > 0]):
         m = (label == h) & (u > 0)
-        if m.sum() < 2:
+        codes = np.unique(groups[m], return_inverse=True)[1]
+        g = codes.max() + 1
+        if g < 2:
             continue
         noise = 0.0
         for c in mats:
-            x = c[:, m].astype(float)
-            resid = x - x.mean(0) - x.mean(1, keepdims=True) + x.mean()
-            noise += (resid**2).sum() / ((len(x) - 1) * (m.sum() - 1)) / len(x)
-        # The seed x image noise is already in the seed term: count only the cells' own image effect.
-        image += u[m][0] ** 2 * m.sum() * max(0.0, d[m].var(ddof=1) - noise)
-        image_df += m.sum() - 1
-    var = sum(seed) + image
-    parts = sum(v**2 / (len(c) - 1) for v, c in zip(seed, mats)) + (image**2 / image_df if image_df else 0)
-    df = var**2 / parts if parts > 0 else np.inf
-    return float(est), float(np.sqrt(var)), float(df)
+            x = c[:, :, m].astype(float)
+            resid = x - x.mean(2, keepdims=True) - x.mean(1, keepdims=True) + x.mean((1, 2), keepdims=True)
+            noise = noise + (resid**2).sum((1, 2)) / ((x.shape[1] - 1) * (m.sum() - 1)) / x.shape[1]
+        dev = (d[:, m] - d[:, m].mean(1, keepdims=True)) * u[m]
+        totals = dev @ np.eye(g)[codes]  # each patient's summed deviation
+        v = g / (g - 1) * (totals**2).sum(1) - m.sum() * u[m][0] ** 2 * noise
+        var, df = var + np.maximum(0.0, v), df + g - 1
+    return var, df
 
 
-def _t_test(est, se, df, level):
-    """(low, high, two-sided p) from the t reference."""
-    if se == 0:
-        return est, est, float(est == 0)
-    half = stats.t.ppf(0.5 + level / 2, df) * se
-    return est - half, est + half, float(2 * stats.t.sf(abs(est) / se, df))
+def parts(mats, signs, label, u, groups=None) -> Parts:
+    """The estimate and variance terms of sum_c sign_c * metric(cell c), over a batch: each matrix
+    batch x K x n, rows of two cells in pairing order."""
+    if min(m.shape[1] for m in mats) < 2:
+        raise ValueError("a cell needs at least 2 replicate models (seeds) for its seed variance")
+    x = [m @ u for m in mats]
+    est = sum(s * xi.mean(1) for xi, s in zip(x, signs))
+    seed_var, seed_df = seed_term(*x)
+    image_var, image_df = image_term(mats, signs, label, u, groups)
+    return Parts(est, seed_var, seed_df, image_var, image_df)
 
 
-def _boot(mats, signs, label, u, n_boot, rng):
-    """Naive two-level bootstrap draws: seeds resampled in each cell, one shared image draw."""
-    v = np.zeros((n_boot, len(label)))
-    for h in np.unique(label):
-        idx = np.flatnonzero(label == h)
-        v[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=n_boot)
-    draws = np.zeros(n_boot)
-    for c, s in zip(mats, signs):
-        w = rng.multinomial(len(c), np.full(len(c), 1 / len(c)), size=n_boot) / len(c)
-        draws += s * ((w @ c) * v) @ u
-    return draws
+# The reference distribution, a function of its own so that tests can swap in broken ones.
+def reference_p(t, df, ratio):
+    return critical.p_value(t, df, ratio)
 
 
-def _percentile(draws, level):
-    return tuple(float(q) for q in np.quantile(draws, [0.5 - level / 2, 0.5 + level / 2]))
+def reference_quantile(alpha, df, ratio):
+    return critical.quantile(alpha, df, ratio)
+
+
+def one_sided(t, df, ratio):
+    """P(T >= t) under the calibrated reference (symmetric)."""
+    half = reference_p(t, df, ratio) / 2
+    return np.where(np.asarray(t) > 0, half, 1 - half)
+
+
+COLLAPSED = 0.99  # a model that gives one class to this share of the test images has collapsed
+RESULTS = ("estimate", "low", "high", "p", "se", "df", "image_df", "ratio", "mde", "p_better", "mean_a", "mean_b")
+
+
+def collapsed(c, label):
+    """batch x K: which models predict one class for (nearly) every test image, told from the
+    correct matrix alone (right on one class's images and wrong on the other's, or wrong on all).
+    It is a property of the model's outputs, not of its accuracy: no selection by test score."""
+    shares = [(c == (label == h)).mean(2) for h in (0, 1)] + [1 - c.mean(2)]
+    return np.max(shares, axis=0) >= COLLAPSED
+
+
+def compare(ca, cb, label, metric="acc", level=0.95, groups=None, margin=None, seeds=None):
+    """The paired test of a - b for a batch of comparisons (ca: batch x K_a x n, cb: batch x K_b x
+    n, rows in pairing order of `seeds`, (seeds_a, seeds_b)): a dict of arrays. With `margin`,
+    also TOST within +-margin (Schuirmann 1987): p_tost, and p_outside, the test that the
+    difference lies outside +-margin.
+
+    Collapsed models (`collapsed`) are set apart: their metric is one class's share, a second
+    mode no test of a mean on a few seeds can see (a cell whose seeds collapse one time in five
+    shows no collapse in 3 seeds half the time; Bahadur & Savage 1956: no test of a mean is valid
+    over such mixtures). So the comparison is of the converged seeds, re-paired by seed, and the
+    collapses are counted (collapsed_a, collapsed_b) for the verdict to state beside it. A batch
+    element with fewer than 2 converged seeds in a cell gets NaN."""
+    seeds = seeds or (np.arange(ca.shape[1]), np.arange(cb.shape[1]))
+    gone = np.hstack([collapsed(ca, label), collapsed(cb, label)])
+    ka = ca.shape[1]
+    if not gone.any():
+        out = _compare(ca, cb, label, metric, level, groups, margin)
+    else:
+        out = {}
+        patterns, which = np.unique(gone, axis=0, return_inverse=True)
+        for i, pattern in enumerate(patterns):
+            rows = np.flatnonzero(which.ravel() == i)
+            keep_a, keep_b = np.flatnonzero(~pattern[:ka]), np.flatnonzero(~pattern[ka:])
+            if min(len(keep_a), len(keep_b)) < 2:
+                continue  # too few converged seeds to compare: NaN
+            oa, ob = pairing(seeds[0][keep_a], seeds[1][keep_b])
+            sub_a, sub_b = ca[rows][:, keep_a[oa]], cb[rows][:, keep_b[ob]]
+            for k, v in _compare(sub_a, sub_b, label, metric, level, groups, margin).items():
+                out.setdefault(k, np.full(len(ca), np.nan))[rows] = v
+        keys = RESULTS + (("p_tost", "p_outside") if margin is not None else ())
+        out = {k: out.get(k, np.full(len(ca), np.nan)) for k in keys}
+    out["collapsed_a"], out["collapsed_b"] = gone[:, :ka].sum(1), gone[:, ka:].sum(1)
+    out["n_a"], out["n_b"] = ca.shape[1] - out["collapsed_a"], cb.shape[1] - out["collapsed_b"]
+    return out
+
+
+def _compare(ca, cb, label, metric, level, groups, margin):
+    u = image_weights(label, metric)
+    r = parts([ca, cb], [1, -1], label, u, groups)
+    se, q, f = r.se, r.ratio, r.seed_df
+    safe = np.where(se > 0, se, 1.0)
+    p = np.where(se > 0, reference_p(r.estimate / safe, f, q), (r.estimate == 0).astype(float))
+    half = reference_quantile(1 - level, f, q) * se
+    xa, xb = ca @ u, cb @ u
+    out = dict(
+        estimate=r.estimate,
+        low=r.estimate - half,
+        high=r.estimate + half,
+        p=p,
+        se=se,
+        df=np.full(len(se), float(f)),
+        image_df=np.full(len(se), float(r.image_df)),
+        ratio=q,
+        mde=(reference_quantile(1 - level, f, q) + reference_quantile(0.4, f, q)) * se,
+        p_better=((xa[:, :, None] > xb[:, None, :]) + 0.5 * (xa[:, :, None] == xb[:, None, :])).mean((1, 2)),
+        mean_a=xa.mean(1),
+        mean_b=xb.mean(1),
+    )
+    if margin is not None:
+        lower = one_sided((r.estimate + margin) / safe, f, q)  # H0: a - b <= -margin
+        upper = one_sided((margin - r.estimate) / safe, f, q)  # H0: a - b >= +margin
+        beyond = np.minimum(
+            one_sided((r.estimate - margin) / safe, f, q), one_sided((-margin - r.estimate) / safe, f, q)
+        )
+        out.update(p_tost=np.maximum(lower, upper), p_outside=np.minimum(1.0, 2 * beyond))
+    return out
 
 
 # ---------------------------------------------------------------- one cell, two cells
 
 
-def cell_interval(preds, metric="acc", level=0.95, n_boot=N_BOOT, seed=0, method="t"):
-    """(estimate, low, high) of one cell's metric over its replicates (seeds) and test images.
-    method="t": the crossed-variance t interval (see the module docstring); "percentile": the
-    naive two-level percentile bootstrap, miscalibrated with 3-5 seeds (see the module docstring)."""
-    c, label, _ = correct_matrix(preds)
-    u = image_weights(label, metric)
-    if method == "percentile":
-        est = float((c @ u).mean())
-        return (est, *_percentile(_boot([c], [1], label, u, n_boot, np.random.default_rng(seed)), level))
-    est, se, df = _t_parts([c], [1], label, u)
-    return (est, *_t_test(est, se, df, level)[:2])
+def _groups_of(ids, groups):
+    return None if groups is None else np.array([groups.get(i, i) for i in ids])
 
 
-def paired(preds_a, preds_b, metric="acc", level=0.95, n_boot=N_BOOT, seed=0):
-    """The difference a - b of a metric on the same test images: estimate, the t interval
-    (low, high) and two-sided p of "no difference", se, df, and the naive two-level percentile
-    bootstrap interval (boot_low, boot_high; skipped when n_boot=0)."""
-    ca, cb, label = align(preds_a, preds_b)
+def cell_interval(preds, metric="acc", level=0.95, groups=None):
+    """(estimate, low, high) of one cell's metric over its replicates (seeds) and test images."""
+    c, label, ids, _ = correct_matrix(preds)
     u = image_weights(label, metric)
-    est, se, df = _t_parts([ca, cb], [1, -1], label, u)
-    low, high, p = _t_test(est, se, df, level)
-    boot = (
-        _percentile(_boot([ca, cb], [1, -1], label, u, n_boot, np.random.default_rng(seed)), level)
-        if n_boot
-        else (np.nan, np.nan)
-    )
+    r = parts([c[None]], [1], label, u, _groups_of(ids, groups))
+    half = float(reference_quantile(1 - level, r.seed_df, r.ratio)[0] * r.se[0])
+    est = float(r.estimate[0])
+    return est, est - half, est + half
+
+
+def paired(preds_a, preds_b, metric="acc", level=0.95, groups=None, margin=None):
+    """The difference a - b of a metric on the same test images, as `compare` (one comparison;
+    groups: image id -> patient), with the seeds and images it rests on: n_a, n_b the converged
+    seeds compared, collapsed_a, collapsed_b those set apart."""
+    ca, cb, label, ids, seeds = align(preds_a, preds_b)
+    g = _groups_of(ids, groups)
+    out = {k: float(v[0]) for k, v in compare(ca[None], cb[None], label, metric, level, g, margin, seeds).items()}
     return dict(
-        estimate=est,
-        low=low,
-        high=high,
-        p=p,
-        se=se,
-        df=df,
+        out,
         level=level,
         metric=metric,
         n_seeds_a=len(ca),
         n_seeds_b=len(cb),
         n_images=len(label),
-        mean_a=float((ca @ u).mean()),
-        mean_b=float((cb @ u).mean()),
-        boot_low=boot[0],
-        boot_high=boot[1],
-    )
-
-
-def tost(preds_a, preds_b, metric="acc", margin=0.02, alpha=0.05):
-    """Equivalence of a and b within +-margin by two one-sided t-tests (Schuirmann 1987), on the
-    same crossed variance as `paired`. p = max of the one-sided p-values; the (1 - 2 alpha)
-    interval lies inside +-margin iff p < alpha."""
-    ca, cb, label = align(preds_a, preds_b)
-    est, se, df = _t_parts([ca, cb], [1, -1], label, image_weights(label, metric))
-    if se == 0:
-        p_lower = p_upper = float(abs(est) >= margin)
-    else:
-        p_lower = float(stats.t.sf((est + margin) / se, df))  # H0: a - b <= -margin
-        p_upper = float(stats.t.cdf((est - margin) / se, df))  # H0: a - b >= +margin
-    low, high, _ = _t_test(est, se, df, 1 - 2 * alpha)
-    return dict(
-        estimate=est,
-        low=low,
-        high=high,
-        level=1 - 2 * alpha,
-        p=max(p_lower, p_upper),
-        p_lower=p_lower,
-        p_upper=p_upper,
-        margin=margin,
-        equivalent=bool(-margin < low and high < margin),
-        se=se,
-        df=df,
-        n_seeds_a=len(ca),
-        n_seeds_b=len(cb),
-        n_images=len(label),
+        n_clusters=len(label) if g is None else len(np.unique(g)),
     )
 
 
@@ -264,9 +346,9 @@ def holm(pvalues):
 
 
 def throughput(a, b, level=0.95):
-    """Seconds per step of a against b (repeated timed runs of each): the difference of means
-    with Welch's t-test and interval, and the ratio of geometric means with Welch's interval
-    on the log scale (timings are skewed and multiplicative)."""
+    """Seconds of a against b (timed runs of each): the difference of means with Welch's t-test
+    and interval, and the ratio of geometric means with Welch's interval on the log scale
+    (timings are skewed and multiplicative)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if min(len(a), len(b)) < 2:
         raise ValueError("a throughput comparison needs at least 2 timed runs of each")

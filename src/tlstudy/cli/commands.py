@@ -19,7 +19,7 @@ from typing import Any
 from tlstudy import spaces
 from tlstudy.cli.parsers import build_parser, command_line, subparser
 from tlstudy.errors import UserError
-from tlstudy.names import PROFILE, SPACE_SUMMARY
+from tlstudy.names import PROFILE, ROUNDS, SPACE_SUMMARY
 from tlstudy.settings import PROTOCOL, StudySettings, resolve_study
 from tlstudy.study import storage
 
@@ -116,6 +116,10 @@ def study_settings(path: Path, flags: dict[str, Any]) -> tuple[StudySettings, sp
         from tlstudy.study import design  # Optuna: a stored study is there to compare with
 
         design.check_comparable(attrs, settings.comparability(summary), name, flags["storage"])
+        if settings.auto_seeds:
+            from tlstudy.analysis import sequential
+
+            sequential.check_plan(attrs.get(ROUNDS), settings.looks)
     return settings, space
 
 
@@ -125,9 +129,14 @@ def show_config(settings: StudySettings, space: spaces.Space) -> None:
 
     print(f"space {space.name} ({space.path}): {space.description}")
     print(f"profile {settings.profile}: " + ", ".join(f"{k}={v}" for k, v in settings.profile_values().items()))
+    more = (
+        f", then rounds of more to the cells of undecided claims (--seeds auto: looks at {settings.looks} seeds)"
+        if settings.auto_seeds
+        else ""
+    )
     print(
         f"budget: {settings.budget} search trials per cell (the first runs the protocol), then {settings.seeds} "
-        f"replicates of each cell's best (training seeds 1..{settings.seeds}); pruner {settings.pruner}, "
+        f"replicates of each cell's best (training seeds 1..{settings.seeds}){more}; pruner {settings.pruner}, "
         "within a cell"
     )
     print(f"fixed: {settings.shared}")
@@ -198,7 +207,12 @@ def _run_one(settings: StudySettings, space: spaces.Space) -> int:
     settings = with_gpus(settings)
     from tlstudy.study import runner
 
-    outcome = runner.run_study(settings, space)
+    judge = None
+    if settings.auto_seeds:
+        from tlstudy.analysis import sequential
+
+        judge = lambda study, targets: sequential.next_round(study, space, settings, targets)  # noqa: E731
+    outcome = runner.run_study(settings, space, judge)
     if outcome.code == 130:
         return 130
     from tlstudy.analysis import export
@@ -213,7 +227,7 @@ def _run_one(settings: StudySettings, space: spaces.Space) -> int:
     if outcome.incomplete:
         print(
             f"{'WARNING' if settings.allow_failures else 'ERROR'}: {len(outcome.incomplete)} cells ended without "
-            f"{settings.seeds} COMPLETE replicates (see the failures above): {' | '.join(outcome.incomplete)}",
+            f"the COMPLETE replicates they were due (see the failures above): {' | '.join(outcome.incomplete)}",
             file=sys.stderr,
             flush=True,
         )

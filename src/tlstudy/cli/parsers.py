@@ -7,7 +7,7 @@ import argparse
 import shlex
 import textwrap
 
-from tlstudy.settings import CHOICES, DEFAULTS, PROFILES, PRUNERS
+from tlstudy.settings import AUTO_MAX_SEEDS, CHOICES, DEFAULTS, PROFILES, PRUNERS
 from tlstudy.study.storage import display_url
 
 
@@ -51,6 +51,9 @@ image_size = _type("image_size", int, lambda n: n >= 16, "an image size of at le
 share = _type("share", float, lambda x: 0 < x < 1, "a number between 0 and 1")
 positive_float = _type("positive_float", float, lambda x: x > 0, "a positive number")
 nonneg_float = _type("nonneg_float", float, lambda x: x >= 0, "a number >= 0")
+seeds = _type(
+    "seeds", lambda t: t if t == "auto" else int(t), lambda n: n == "auto" or n >= 0, "auto or a whole number >= 0"
+)
 
 
 def sizes(text):
@@ -152,9 +155,20 @@ def add_run_flags(p):
     )
     g.add_argument(
         "--seeds",
-        type=count,
-        help="replicates of each cell's best search configuration, each with its own training seed "
-        "(default: the profile's: " + ", ".join(f"{k} {v['seeds']}" for k, v in PROFILES.items()) + ")",
+        type=seeds,
+        help="replicates of each cell's best search configuration, each with its own training seed; auto: "
+        "the profile's first round, then 2 more at a time to the cells of claims still undecided, up to "
+        "--max-seeds (default: the profile's: "
+        + ", ".join(
+            f"{k} {v['seeds']}" + (f" then auto to {v['max_seeds']}" if v["max_seeds"] > v["seeds"] else "")
+            for k, v in PROFILES.items()
+        )
+        + ")",
+    )
+    g.add_argument(
+        "--max-seeds",
+        type=positive,
+        help=f"with --seeds auto: the most replicates a cell gets (default: the profile's, or {AUTO_MAX_SEEDS})",
     )
     g.add_argument("--pruner", choices=PRUNERS, default="median", help="the Optuna pruner, asked after every epoch")
     g.add_argument(

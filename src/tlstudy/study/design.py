@@ -20,7 +20,7 @@ refuses one run with another design (`check_comparable`: tlstudy.settings' compa
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tlstudy.errors import UserError
-from tlstudy.names import CELL, DESIGN, FINGERPRINT, IS_PROTOCOL, METRIC, PHASE, REPLICATE, SEARCH, TRAIN_SEED
+from tlstudy.names import (
+    CELL,
+    DESIGN,
+    FINGERPRINT,
+    IS_PROTOCOL,
+    METRIC,
+    PHASE,
+    REPLICATE,
+    ROUND,
+    ROUNDS,
+    SEARCH,
+    TRAIN_SEED,
+)
 from tlstudy.settings import PROTOCOL, Cell, differences, fingerprint
 from tlstudy.study import storage
 
@@ -46,10 +58,31 @@ class Work:
     train_seed: int
     params: dict
     protocol: bool = False
+    round: int = 0  # a replicate's round (1: the first seeds; --seeds auto adds rounds), 0 for search
 
     @property
     def user_attrs(self) -> dict[str, Any]:
-        return {CELL: self.cell, PHASE: self.phase, TRAIN_SEED: self.train_seed, IS_PROTOCOL: self.protocol}
+        attrs = {CELL: self.cell, PHASE: self.phase, TRAIN_SEED: self.train_seed, IS_PROTOCOL: self.protocol}
+        return {**attrs, ROUND: self.round} if self.round else attrs
+
+
+Seeds = int | Mapping[str, int]  # replicates per cell: one number for every cell, or each cell's own
+
+
+def target(seeds: Seeds, cell: str) -> int:
+    return seeds if isinstance(seeds, int) else seeds[cell]
+
+
+def seed_targets(study: optuna.Study, cells: Sequence[Cell], seeds: int) -> dict[str, int]:
+    """Replicates per cell: `seeds`, or more where --seeds auto's stored rounds asked for more
+    (so a rerun resumes the round it was in)."""
+    stored = study.user_attrs.get(ROUNDS, {}).get("targets", {})
+    return {c.label(): max(seeds, int(stored.get(c.label(), 0))) for c in cells}
+
+
+def round_of(seed: int, looks: Sequence[int]) -> int:
+    """The round a replicate seed belongs to: 1 for seeds 1..looks[0], 2 up to looks[1], ..."""
+    return 1 + sum(seed > k for k in looks)
 
 
 def _of(trials: Sequence[FrozenTrial], cell: str, phase: str, states: tuple, held: Any = ()) -> list[FrozenTrial]:
@@ -72,15 +105,17 @@ def next_work(
     trials: Sequence[FrozenTrial],
     cells: Sequence[Cell],
     budget: int,
-    seeds: int,
+    seeds: Seeds,
     protocol_params: dict | None = None,
     held: Any = (),
+    looks: Sequence[int] = (),
 ) -> Work | str:
     """The next trial the study needs, WAIT (a cell's replicates wait for its search to
     finish), or DONE. Search trials go round the cells (every cell's protocol trial first),
     then replicates as each cell's search ends. A FAILed trial does not count, so it runs
     again, but not within the same run: trials numbered in `held` (those this driver already
-    started) count whatever their state; retries are the next run's (--max-retries)."""
+    started) count whatever their state; retries are the next run's (--max-retries). `seeds` may
+    give each cell its own count (--seeds auto's rounds, whose seed counts are `looks`)."""
     protocol_params = PROTOCOL if protocol_params is None else protocol_params
     labels = {c.label(): c.as_dict() for c in cells}
     for i in range(budget):
@@ -101,29 +136,29 @@ def next_work(
         taken = {
             t.user_attrs.get(TRAIN_SEED) for t in _of(trials, label, REPLICATE, (TrialState.COMPLETE,) + LIVE, held)
         }
-        for seed in range(1, seeds + 1):
+        for seed in range(1, target(seeds, label) + 1):
             if seed not in taken:
-                return Work(label, REPLICATE, seed, dict(best.params))
+                return Work(label, REPLICATE, seed, dict(best.params), round=round_of(seed, looks or [seed]))
     return WAIT if waiting else DONE
 
 
-def missing(trials: Sequence[FrozenTrial], cells: Sequence[Cell], budget: int, seeds: int) -> int:
+def missing(trials: Sequence[FrozenTrial], cells: Sequence[Cell], budget: int, seeds: Seeds) -> int:
     """How many trials the cells still need: search trials, and replicates (counted in full
     for a cell whose search is not over yet)."""
     n = 0
     for cell in (c.label() for c in cells):
         n += max(0, budget - len(_of(trials, cell, SEARCH, FINISHED + LIVE)))
-        n += max(0, seeds - len(_of(trials, cell, REPLICATE, (TrialState.COMPLETE,) + LIVE)))
+        n += max(0, target(seeds, cell) - len(_of(trials, cell, REPLICATE, (TrialState.COMPLETE,) + LIVE)))
     return n
 
 
-def incomplete_cells(trials: Sequence[FrozenTrial], cells: Sequence[Cell], seeds: int) -> list[str]:
+def incomplete_cells(trials: Sequence[FrozenTrial], cells: Sequence[Cell], seeds: Seeds) -> list[str]:
     """The cells that ended with fewer than `seeds` COMPLETE replicates, and nothing still running
     (another driver sharing the study may be finishing a cell)."""
     return [
         c
         for c in (cell.label() for cell in cells)
-        if len(_of(trials, c, REPLICATE, (TrialState.COMPLETE,))) < seeds
+        if len(_of(trials, c, REPLICATE, (TrialState.COMPLETE,))) < target(seeds, c)
         and not any(t.user_attrs.get(CELL) == c and t.state == TrialState.RUNNING for t in trials)
     ]
 

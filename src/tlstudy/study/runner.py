@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ def trainable(config: dict, data: data_splits.Splits) -> None:
         tune.report({**rec, names.NODE_ID: node_id})
 
 
+Judge = Callable[[optuna.Study, design.Seeds], "design.Seeds | None"]
+
+
 @dataclass
 class Outcome:
     """How a run ended: its exit status (1: a cell lacks replicates, but 0 with --allow-failures; 130: Ctrl-C)."""
@@ -64,8 +68,9 @@ class Outcome:
     incomplete: list[str]
 
 
-def run_study(settings: StudySettings, space: Space) -> Outcome:
-    """Run (or continue) the study of `space` with `settings`."""
+def run_study(settings: StudySettings, space: Space, judge: Judge | None = None) -> Outcome:
+    """Run (or continue) the study of `space` with `settings`. With `judge` (--seeds auto), after each
+    round: judge(study, seeds per cell) gives the next round's seeds per cell, or None when done."""
     results = Path(settings.results)
     store = storage.open_storage(settings.storage, heartbeat=settings.heartbeat)
     # The data before the study: a bad data set must not leave a half-made study behind.
@@ -86,7 +91,12 @@ def run_study(settings: StudySettings, space: Space) -> Outcome:
         names.BASE_CONFIG: settings.shared,
         names.DATA_ARGS: settings.data.as_flags(),
         names.COMMAND: settings.command,
-        names.BUDGET: {"budget": settings.budget, "seeds": settings.seeds, "pruner": settings.pruner},
+        names.BUDGET: {
+            "budget": settings.budget,
+            "seeds": settings.seeds,
+            "max_seeds": settings.max_seeds,
+            "pruner": settings.pruner,
+        },  # fmt: skip
     }
     for k, v in attrs.items():
         study.set_user_attr(k, v)
@@ -108,31 +118,52 @@ def run_study(settings: StudySettings, space: Space) -> Outcome:
     if abandoned:
         print(f"resume: {abandoned} trials a stopped driver left RUNNING were marked FAIL; their cells run again")
     first = len(study.trials)
+    targets: design.Seeds = design.seed_targets(study, space.cells, settings.seeds)
+    while True:
+        if run_rounds(settings, space, study, store, splits, targets, first) == 130:
+            return Outcome(130, study, [])
+        more = judge(study, targets) if judge else None
+        if more is None:
+            break
+        targets = more
+    print_failures(study, first)
+    measure_speed(study, space, settings)
+    incomplete = design.incomplete_cells(study.get_trials(deepcopy=False), space.cells, targets)
+    return Outcome(1 if incomplete and not settings.allow_failures else 0, study, incomplete)
+
+
+def run_rounds(settings: StudySettings, space: Space, study: optuna.Study, store: Any, splits: Any, targets: Any,
+               first: int) -> int:  # fmt: skip
+    """Run what the design still needs for `targets` (replicates per cell), with retries; 130 on Ctrl-C."""
     for attempt in range(settings.max_retries + 1):
-        n_trials = design.missing(study.get_trials(deepcopy=False), space.cells, settings.budget, settings.seeds)
+        n_trials = design.missing(study.get_trials(deepcopy=False), space.cells, settings.budget, targets)
         if not n_trials:
             break
         if attempt == 0:
-            plan = f"{len(space.cells)} cells x ({settings.budget} search + {settings.seeds} replicates)"
-            print(f"{plan}; {first} trials stored, running {n_trials}")
+            most = max(design.target(targets, c.label()) for c in space.cells)
+            plan = f"{len(space.cells)} cells x ({settings.budget} search + up to {most} replicates)"
+            print(f"{plan}; {len(study.trials)} trials stored ({first} before this run), running {n_trials}")
         else:
             print(f"retry {attempt} of {settings.max_retries}: running the {n_trials} trials still missing")
         try:
-            run_trials(settings, space, study, store, splits, n_trials)
+            run_trials(settings, space, study, store, splits, n_trials, targets)
         except KeyboardInterrupt:
             say(
                 f"\ninterrupted: finished trials are stored. Resume with the same command:\n  {settings.command}",
                 file=sys.stderr,
             )
-            return Outcome(130, study, [])
-    print_failures(study, first)
-    measure_speed(study, space, settings)
-    incomplete = design.incomplete_cells(study.get_trials(deepcopy=False), space.cells, settings.seeds)
-    return Outcome(1 if incomplete and not settings.allow_failures else 0, study, incomplete)
+            return 130
+    return 0
 
 
 def run_trials(
-    settings: StudySettings, space: Space, study: optuna.Study, store: Any, splits: data_splits.Splits, n_trials: int
+    settings: StudySettings,
+    space: Space,
+    study: optuna.Study,
+    store: Any,
+    splits: data_splits.Splits,
+    n_trials: int,
+    targets: design.Seeds,
 ) -> None:
     """Run up to n_trials trials of the study's design under Ray Tune."""
     init_ray(settings)
@@ -147,7 +178,7 @@ def run_trials(
         sampler=study.sampler,
         pruner=design.make_pruner(settings.pruner, settings.shared["epochs"]),
         artifact_dir=artifacts,
-        plan=(space.cells, settings.budget, settings.seeds),
+        plan=(space.cells, settings.budget, targets, settings.looks),
         test_images=(splits.ids["test"], splits.y["test"].tolist()),
         progress=Progress(n_trials, study.get_trials(deepcopy=False)),
     )

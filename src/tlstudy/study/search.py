@@ -83,9 +83,11 @@ class OptunaPruningSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> Any:  # a config, None (ask later) or Searcher.FINISHED
         study = self.study
         if self.plan is not None:
-            cells, budget, seeds = self.plan
+            cells, budget, seeds, *looks = self.plan  # looks: --seeds auto's seed counts per round
             started = {t.number for t in self._ot_trials.values()}  # Ray internal: _ot_trials
-            work = design.next_work(study.get_trials(deepcopy=False), cells, budget, seeds, held=started)
+            work = design.next_work(
+                study.get_trials(deepcopy=False), cells, budget, seeds, held=started, looks=looks[0] if looks else ()
+            )
             if work == design.WAIT:
                 return None
             if work == design.DONE:
