@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from tlstudy.analysis import simulation, statistics
+from tlstudy.analysis import simulation, statistics, variance
 
 ALPHA, DELTA, CHUNK = 0.05, 0.3, 250
 
@@ -29,7 +29,7 @@ ALPHA, DELTA, CHUNK = 0.05, 0.3, 250
 @contextlib.contextmanager
 def broken(variant: str | None):
     """Swap in one of the three broken variants of the issue (None: the real test)."""
-    saved = statistics.seed_term, statistics.reference_p, statistics.reference_quantile
+    saved = variance.seed_term, statistics.reference_p, statistics.reference_quantile
     real_seed, real_p, real_q = saved
     if variant == "normal":  # a normal reference in place of the calibrated t
         statistics.reference_p = lambda t, df, q: real_p(t, np.inf, q)
@@ -43,11 +43,11 @@ def broken(variant: str | None):
             var, df = real_seed(xa, xb)
             return var, (df if xb is None else xa.shape[1] + xb.shape[1] - 2)
 
-        statistics.seed_term = pooled
+        variance.seed_term = pooled
     try:
         yield
     finally:
-        statistics.seed_term, statistics.reference_p, statistics.reference_quantile = saved
+        variance.seed_term, statistics.reference_p, statistics.reference_quantile = saved
 
 
 def rates(regime: simulation.Regime, k: int, nulls: int, seed: int = 0, coverage: bool = True) -> dict:

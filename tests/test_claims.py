@@ -79,7 +79,7 @@ def by_claim(out):
 def test_every_report_claim_is_judged(report):
     table, trials, preds, studies = report
     out = claims.evaluate(table, trials, preds, studies)
-    assert list(out.columns[:11]) == claims.COLUMNS
+    assert list(out.columns[: len(claims.COLUMNS)]) == claims.COLUMNS
     assert list(out.claim) == list(table.claim)
     assert list(table.claim) == ["1", "2a", "2b", "3a", "3b", "4a", "4b", "4c", "4d", "5a", "5b", "6"]
     assert set(out.verdict) <= {"supported", "contradicted", "inconclusive", "void"}
@@ -131,9 +131,29 @@ def test_throughput_claim_uses_one_common_setting():
                 batch_size=32,
                 image_size=224,
                 repeat="1,3,1,1",
+                run=range(n),
                 s_per_step=rng.normal(mean, 0.003, n),
             )
         )
+
+    # Two replicates of each architecture, the four trials two at a time.
+    t0 = pd.Timestamp("2026-12-01 10:00")
+    at = lambda m: t0 + pd.Timedelta(minutes=m)  # noqa: E731
+    replicates = pd.DataFrame(
+        dict(
+            study="taskA",
+            number=range(4),
+            state="COMPLETE",
+            phase="replicate",
+            arch=["resnet101", "resnext50_32x4d"] * 2,
+            weights="none",
+            mode="finetune",
+            wall_s=[600.0, 500.0, 620.0, 480.0],
+            device="cuda:0",
+            datetime_start=[at(0), at(0), at(11), at(11)],
+            datetime_complete=[at(10), at(9), at(21), at(19)],
+        )
+    )
 
     timed = pd.concat(
         [
@@ -146,7 +166,7 @@ def test_throughput_claim_uses_one_common_setting():
     out = by_claim(
         claims.evaluate(
             table[table.claim == "1"],
-            pd.DataFrame(columns=["study"]),
+            replicates,
             pd.DataFrame(columns=["study", "number", "checkpoint"]),
             {"taskA": dict(STUDY)},
             throughput=timed,
@@ -154,6 +174,8 @@ def test_throughput_claim_uses_one_common_setting():
     )
     assert out.loc["1", "verdict"] == "supported" and "device=cuda" in out.loc["1", "reason"]
     assert out.loc["1", "estimate"] == pytest.approx(0.02, abs=0.006)
+    assert "5 rounds of interleaved timed runs, paired" in out.loc["1", "reason"]
+    assert "median 610.0 s over 2 replicates on cuda:0, 2 trial(s) at once" in out.loc["1", "reason"]
     only_one = timed[(timed.arch != "resnet101") | (timed.index == 0)]
     out = by_claim(
         claims.evaluate(
@@ -164,7 +186,7 @@ def test_throughput_claim_uses_one_common_setting():
             throughput=only_one,
         )
     )
-    assert out.loc["1", "verdict"] == "void" and "at least 2 timed runs" in out.loc["1", "reason"]
+    assert out.loc["1", "verdict"] == "void" and "at least 2 rounds of timed runs" in out.loc["1", "reason"]
 
 
 def _fallback(trials, preds, studies):
@@ -269,3 +291,43 @@ def test_sentences_are_quoted_from_the_report():
     text = REPORT.read_text(encoding="utf-8").replace("\\_", "_")  # the report's Markdown escapes
     for r in claims.load().to_dict("records"):
         assert r["sentence_zh"] in text, r["claim"]
+
+
+def test_transfer_claims_are_void_without_a_weights_source(report):
+    """Trials that do not record their weights cannot tell pretrained from random-init ones."""
+    table, trials, preds, studies = report
+    o = by_claim(claims.evaluate(table, trials.drop(columns="weights_source"), preds, studies))
+    transfer = table[table.about == "transfer"].claim
+    assert len(transfer) and (o.loc[transfer, "verdict"] == "void").all()
+    assert o.loc[transfer, "reason"].str.contains(claims.NO_SOURCE, regex=False).all()
+    assert (o.loc[table[table.about != "transfer"].claim.drop(0, errors="ignore"), "verdict"] != "void").any()
+
+
+def test_each_verdict_states_what_it_rests_on(report):
+    table, trials, preds, studies = report
+    o = by_claim(claims.evaluate(table, *_phantom(trials, preds, studies)))
+    kept = o[o.verdict != "void"].drop(index="1", errors="ignore")
+    assert len(kept) and kept.reason.str.contains("on the synthetic phantom, not X-rays", regex=False).all()
+    assert kept.data_source.str.startswith("phantom").all()
+    assert kept.p_better.between(0, 1).all() and (kept.mde > 0).all()
+    assert (kept.n_a == 4).all() and (kept.failed_a == 1).all() and kept.reason.str.contains("1 failed in a").all()
+
+
+def test_a_replicate_that_collapsed_to_one_class_is_set_apart_and_counted(report):
+    table, trials, preds, studies = report
+    row = table[table.claim == "6"]
+    study, cell = row.study_a.iloc[0], Cell.parse(row.cell_a.iloc[0]).as_dict()
+    numbers = claims.select(trials[(trials.study == study) & (trials.phase == "replicate")], cell)[0].number
+    first = (preds.study == study) & (preds.number == numbers.min())
+    o = by_claim(claims.evaluate(row, trials, preds.assign(pred=preds.pred.where(~first, 1)), studies))
+    assert o.loc["6", "collapsed_a"] == 1 and o.loc["6", "n_a"] == 3 and o.loc["6", "collapsed_b"] == 0
+    assert "1 collapsed to one class in a" in o.loc["6", "reason"]
+
+
+def test_equivalence_is_judged_at_the_adjusted_level_like_the_others():
+    """An equivalence claim is contradicted only when its Holm-adjusted p is below alpha: an
+    unadjusted p_outside of 0.01 in a family whose adjustment lifts it to 0.08 decides nothing."""
+    r = dict(void=False, direction="equivalent", p_tost=0.6, p_outside=0.01, p_holm=0.08, estimate=0.04)
+    assert claims._verdict(r, 0.05) == "inconclusive"
+    assert claims._verdict({**r, "p_holm": 0.03}, 0.05) == "contradicted"
+    assert claims._verdict({**r, "p_tost": 0.001, "p_outside": 0.9, "p_holm": 0.003}, 0.05) == "supported"

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tlstudy.analysis import statistics
+from tlstudy.analysis import statistics, timing
+from tlstudy.analysis.timing import select, void
 from tlstudy.names import PHASE, RANDOM_FALLBACK, REPLICATE, WEIGHTS_SOURCE
 from tlstudy.settings import Cell
 from tlstudy.spaces import reference_dir
@@ -46,6 +47,8 @@ COLUMNS = [
     "n_b",
     "failed_a",
     "failed_b",
+    "collapsed_a",
+    "collapsed_b",
     "mde",
     "p_better",
     "reason",
@@ -65,7 +68,6 @@ EXTRA = [
 ]
 DIRECTIONS = ("greater", "less", "equivalent")
 COMPARABLE = ("data_fingerprint", "image_size", "profile", "epochs")
-SETTING = ("device", "batch_size", "image_size", "repeat")  # a throughput comparison holds these fixed
 PHANTOM = "ImageNet features say nothing about X-ray transfer on synthetic phantoms"
 NO_SOURCE = "the trials record no weights_source: pretrained and random-init weights cannot be told apart"
 
@@ -81,25 +83,6 @@ def load(path=CLAIMS):
     return claims
 
 
-def _text(values):
-    """Values as the strings a cell is written with: 2, 2.0 and "2" alike."""
-    return values.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
-
-
-def _select(frame, cell):
-    """Rows of `frame` matching `cell`, and the cell keys the frame lacks."""
-    missing = [k for k in cell if k not in frame]
-    mask = np.ones(len(frame), dtype=bool)
-    for k, v in cell.items():
-        if k in frame:
-            mask &= (_text(frame[k]) == v).to_numpy()
-    return frame[mask], missing
-
-
-def _void(reasons):
-    return dict(void=True, reason="; ".join(reasons))
-
-
 def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpoint, groups):
     """One comparison of a test metric: its figures, or why it is void."""
     reasons, picked = [], {}
@@ -108,7 +91,7 @@ def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpo
         if study not in studies or not (trials.study == study).any():
             reasons.append(f"study {study} not run")
     if reasons:
-        return _void(sorted(set(reasons)))
+        return void(sorted(set(reasons)))
     sa, sb = studies[c["study_a"]], studies[c["study_b"]]
     for key in COMPARABLE:
         if sa.get(key) != sb.get(key):
@@ -120,7 +103,7 @@ def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpo
     for side in ("a", "b"):
         study, cell = c[f"study_{side}"], cells[side]
         mine = trials[(trials.study == study) & (trials[PHASE] == REPLICATE)]
-        mine, missing = _select(mine, cell)
+        mine, missing = select(mine, cell)
         if missing:
             reasons.append(f"{study}'s trials have no parameter {', '.join(missing)}")
         done = mine[mine.state == "COMPLETE"]
@@ -142,7 +125,7 @@ def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpo
             )
         picked[side] = p
     if reasons:
-        return dict(out, **_void(list(dict.fromkeys(reasons))))
+        return dict(out, **void(list(dict.fromkeys(reasons))))
     equivalent = c["direction"] == "equivalent"
     try:
         r = statistics.paired(
@@ -154,64 +137,20 @@ def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpo
             margin=margin if equivalent else None,
         )
     except ValueError as e:  # e.g. the two cells were tested on different images
-        return dict(out, **_void([str(e)]))
+        return dict(out, **void([str(e)]))
+    if np.isnan(r["estimate"]):
+        return dict(out, **void([
+            f"fewer than 2 converged seeds in a cell ({r['collapsed_a']:.0f} of a's and {r['collapsed_b']:.0f} "
+            "of b's replicates predict one class for every test image)"
+        ]))  # fmt: skip
     out.update({k: r[k] for k in ("estimate", "low", "high", "mean_a", "mean_b", "p_better", "se", "df")})
     out["variance_ratio"] = r["ratio"]
-    out.update(n_a=r["n_seeds_a"], n_b=r["n_seeds_b"], n_clusters=r["n_clusters"], n_images=r["n_images"])
+    out.update(n_a=r["n_a"], n_b=r["n_b"], collapsed_a=r["collapsed_a"], collapsed_b=r["collapsed_b"])
+    out.update(n_clusters=r["n_clusters"], n_images=r["n_images"])
     out.update(p=r["p"], void=False, reason="")
     if equivalent:  # one p for the claim: the equivalence test, or the test that it lies outside
         out.update(margin=margin, p_tost=r["p_tost"], p_outside=r["p_outside"], p=min(r["p_tost"], r["p_outside"]))
     return out
-
-
-def _throughput_row(c, cells, throughput, studies, alpha):
-    """Claim on seconds per step: the cells' timed runs at one common setting."""
-    if throughput is None or not len(throughput):
-        return _void(
-            [
-                "no throughput measurement (a frame of arch, device, batch_size, image_size, repeat, "
-                "s_per_step) was given"
-            ]
-        )
-    t = throughput
-    size = {studies[s].get("image_size") for s in (c["study_a"], c["study_b"]) if s in studies} - {None}
-    if "image_size" in t and size:
-        t = t[_text(t.image_size).isin({str(v) for v in size})]
-    keys = [k for k in SETTING if k in t]
-    if not keys:
-        t, keys = t.assign(setting="any"), ["setting"]
-    # The frame records the architecture and the setting only: other cell keys cannot be matched there.
-    a, _ = _select(t, {k: v for k, v in cells["a"].items() if k in t})
-    b, _ = _select(t, {k: v for k, v in cells["b"].items() if k in t})
-    count = lambda x: x.groupby(keys, dropna=False).size()
-    both = pd.concat([count(a), count(b)], axis=1, join="inner").min(axis=1)
-    both = both[both >= 2]
-    if both.empty:
-        return _void(
-            [
-                f"no setting ({', '.join(keys)}) with at least 2 timed runs of both cells"
-                + (f" at image size {sorted(size)}" if size else "")
-            ]
-        )
-    best = both.idxmax()  # the setting with the most runs of both
-    best = best if isinstance(best, tuple) else (best,)
-    at = lambda x: x[np.logical_and.reduce([(_text(x[k]) == str(v)).to_numpy() for k, v in zip(keys, best)])]
-    r = statistics.throughput(at(a).s_per_step, at(b).s_per_step, level=1 - alpha)
-    return dict(
-        estimate=r["estimate"],
-        low=r["low"],
-        high=r["high"],
-        p=r["p"],
-        n_a=r["n_a"],
-        n_b=r["n_b"],
-        mean_a=r["mean_a"],
-        mean_b=r["mean_b"],
-        void=False,
-        setting=", ".join(f"{k}={v}" for k, v in zip(keys, best)),
-        ratio=r["ratio"],
-        ratio_low=r["ratio_low"],
-        ratio_high=r["ratio_high"],
-    )
 
 
 def _verdict(r, alpha):
@@ -245,9 +184,15 @@ def _why(r, alpha):
     f = (lambda v: f"{v:+.4g} s") if seconds else (lambda v: f"{100 * v:+.1f} points")
     text = f"a - b {f(r['estimate'])}, 95 % interval [{f(r['low'])}, {f(r['high'])}]; "
     if seconds:
-        text += f"{r['n_a']:.0f} vs {r['n_b']:.0f} timed runs; ratio {r['ratio']:.3g} at {r['setting']}"
+        text += (
+            f"{r['n_a']:.0f} rounds of interleaved timed runs, paired; ratio {r['ratio']:.3g} "
+            f"[{r['ratio_low']:.3g}, {r['ratio_high']:.3g}] at {r['setting']}"
+        )
+        if r.get("wall"):
+            text += f"; {r['wall']}"
     else:
         left = [f"{r[f'failed_{s}']:.0f} failed in {s}" for s in "ab" if r.get(f"failed_{s}", 0)]
+        left += [f"{r[f'collapsed_{s}']:.0f} collapsed to one class in {s}" for s in "ab" if r.get(f"collapsed_{s}", 0)]
         text += f"{r['n_a']:.0f} vs {r['n_b']:.0f} seeds" + (f" ({', '.join(left)}, left out)" if left else "")
         text += f" on {r['n_images']:.0f} test images"
         if r.get("n_clusters", r["n_images"]) < r["n_images"]:
@@ -309,9 +254,9 @@ def evaluate(
             **{k: c.get(k, "") for k in EXTRA if k in claims},
         )
         if c["metric"] == "s_per_step" and c["direction"] == "equivalent":
-            base.update(_void(["an equivalence claim on s_per_step has no margin in seconds: not judged"]))
+            base.update(void(["an equivalence claim on s_per_step has no margin in seconds: not judged"]))
         elif c["metric"] == "s_per_step":
-            base.update(_throughput_row(c, cells, throughput, studies, alpha))
+            base.update(timing.speed_row(c, cells, throughput, studies, alpha, trials))
         else:
             base.update(_accuracy_row(c, cells, trials, preds, studies, margin, alpha, checkpoint, groups))
         if not base["void"] and c["claim"] in decided:
@@ -329,6 +274,6 @@ def evaluate(
     m = max(1, int(family.sum()))
     out["mde"] = [_mde(r, alpha / m) for r in out.to_dict("records")]
     out["reason"] = [_why(r, alpha) for r in out.to_dict("records")]
-    for k in ("n_a", "n_b", "failed_a", "failed_b"):
+    for k in ("n_a", "n_b", "failed_a", "failed_b", "collapsed_a", "collapsed_b"):
         out[k] = out.reindex(columns=[k])[k].astype("Int64")
     return out.reindex(columns=COLUMNS + EXTRA)

@@ -176,8 +176,10 @@ class Page:
         return [
             "## Training speed, measured",
             "",
-            "Each architecture trained alone for a fixed number of steps at a fixed batch and image size, after a "
-            "warm-up (`tlstudy.training.throughput`); claim 1 is judged on these figures, not on trials' epoch times.",
+            "Each architecture trained for a fixed number of steps at a fixed batch and image size, after a "
+            "warm-up, in rounds that interleave the architectures (A B, then B A), each run in a process of its own, "
+            "on the trials' device and threads (`tlstudy.training.throughput`). Claim 1 is judged on these runs, "
+            "paired by round, not on trials' epoch times.",
             "",
             markdown(t),
             "",

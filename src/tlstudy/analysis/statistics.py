@@ -5,19 +5,9 @@ A cell is K replicate models (training seeds) scored on the same n test images. 
 metric = C @ u with fixed per-image weights u, so its variance is an exact quadratic form.
 Predictions are argmax over ALL outputs, so a prediction >= 2 (no class) is simply wrong.
 
-Two sources of variance, crossed (Bouthillier et al. 2021): the training seed (init, batch order,
-augmentation) and the test images. The difference D = mean_a - mean_b gets two terms:
-- the seed term, by Scheffe's (1943) pairing: seeds are paired in order (the same training seed
-  in both cells first: the study runs seeds 1..K in every cell, and a shared seed is correlated),
-  and with k <= n seeds the k values d_i = x_i - sqrt(k/n) y_i + sum_{j<=k} y_j / sqrt(k n) - mean(y)
-  are i.i.d. with mean D and variance k Var(D_seed), for ANY ratio of the cells' seed variances.
-  So S = var(d) / k has exactly k - 1 df. Welch-Satterthwaite's df, estimated from the same few
-  seeds, is what made the old test liberal (0.09-0.14 at 2-3 seeds, fragile against stable cells);
-- the image term, the variance over test images of the per-image difference of the cells' mean
-  correctness, within each class (the class mix is fixed by design), less the seed x image noise
-  that the seed term already holds (a two-way ANOVA residual). When the test images carry
-  patients (splits.csv), it is taken over patients: a cluster-robust variance of the linearised
-  class means (Cameron & Miller 2015), with df the number of patients less one per class.
+Two sources of variance, crossed: the training seed (init, batch order, augmentation) and the
+test images; tlstudy.analysis.variance computes each term (Scheffe's pairing for the seeds, exact
+k - 1 df at any ratio of the cells' seed variances; patients as clusters for the images).
 T = D / sqrt(S + V_i) is referred to critical values calibrated on the observed ratio V_i / S
 (tlstudy.analysis.critical): exact at t_{k-1} when the seeds dominate, normal when the images do,
 and with size within a few per cent of alpha between, at every true ratio. bench/calibration.py
@@ -29,12 +19,10 @@ the smallest difference it could detect at 80 % power, (c_alpha + c_0.4) SE.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import stats
 
-from tlstudy.analysis import critical
+from tlstudy.analysis import critical, variance
 
 METRICS = ("acc", "balanced_acc", "sensitivity", "specificity")
 
@@ -127,79 +115,6 @@ def pairing(seeds_a, seeds_b):
     return order(list(seeds_a)), order(list(seeds_b))
 
 
-# ---------------------------------------------------------------- the two variance terms
-
-
-@dataclass(frozen=True)
-class Parts:
-    """A difference (or one cell's metric) over a batch of comparisons, with its variance terms."""
-
-    estimate: np.ndarray
-    seed_var: np.ndarray
-    seed_df: float
-    image_var: np.ndarray
-    image_df: int
-
-    @property
-    def se(self) -> np.ndarray:
-        return np.sqrt(self.seed_var + self.image_var)
-
-    @property
-    def ratio(self) -> np.ndarray:
-        """The observed image-to-seed variance ratio that picks the critical value."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(self.seed_var > 0, self.image_var / self.seed_var, np.inf)
-
-
-def seed_term(xa, xb=None):
-    """(variance, df) of the seed part of mean(xa) - mean(xb), from per-seed metrics (batch x k,
-    rows in pairing order): Scheffe's paired combination, exact for any variance ratio."""
-    if xb is None:
-        return xa.var(1, ddof=1) / xa.shape[1], xa.shape[1] - 1
-    small, big = (xa, xb) if xa.shape[1] <= xb.shape[1] else (xb, xa)
-    k, n = small.shape[1], big.shape[1]
-    head = big[:, :k]
-    d = small - np.sqrt(k / n) * head + head.sum(1, keepdims=True) / np.sqrt(k * n) - big.mean(1, keepdims=True)
-    return d.var(1, ddof=1) / k, k - 1
-
-
-def image_term(mats, signs, label, u, groups=None):
-    """(variance, df) of the test images' part: within each class, the cluster-robust variance of
-    the per-image difference over patients (`groups`; each image its own without), less the seed x
-    image noise that the seed term holds already."""
-    d = sum(s * m.mean(1) for m, s in zip(mats, signs))
-    groups = np.arange(len(label)) if groups is None else np.asarray(groups)
-    var, df = np.zeros(len(d)), 0
-    for h in np.unique(label[u > 0]):
-        m = (label == h) & (u > 0)
-        codes = np.unique(groups[m], return_inverse=True)[1]
-        g = codes.max() + 1
-        if g < 2:
-            continue
-        noise = 0.0
-        for c in mats:
-            x = c[:, :, m].astype(float)
-            resid = x - x.mean(2, keepdims=True) - x.mean(1, keepdims=True) + x.mean((1, 2), keepdims=True)
-            noise = noise + (resid**2).sum((1, 2)) / ((x.shape[1] - 1) * (m.sum() - 1)) / x.shape[1]
-        dev = (d[:, m] - d[:, m].mean(1, keepdims=True)) * u[m]
-        totals = dev @ np.eye(g)[codes]  # each patient's summed deviation
-        v = g / (g - 1) * (totals**2).sum(1) - m.sum() * u[m][0] ** 2 * noise
-        var, df = var + np.maximum(0.0, v), df + g - 1
-    return var, df
-
-
-def parts(mats, signs, label, u, groups=None) -> Parts:
-    """The estimate and variance terms of sum_c sign_c * metric(cell c), over a batch: each matrix
-    batch x K x n, rows of two cells in pairing order."""
-    if min(m.shape[1] for m in mats) < 2:
-        raise ValueError("a cell needs at least 2 replicate models (seeds) for its seed variance")
-    x = [m @ u for m in mats]
-    est = sum(s * xi.mean(1) for xi, s in zip(x, signs))
-    seed_var, seed_df = seed_term(*x)
-    image_var, image_df = image_term(mats, signs, label, u, groups)
-    return Parts(est, seed_var, seed_df, image_var, image_df)
-
-
 # The reference distribution, a function of its own so that tests can swap in broken ones.
 def reference_p(t, df, ratio):
     return critical.p_value(t, df, ratio)
@@ -265,7 +180,7 @@ def compare(ca, cb, label, metric="acc", level=0.95, groups=None, margin=None, s
 
 def _compare(ca, cb, label, metric, level, groups, margin):
     u = image_weights(label, metric)
-    r = parts([ca, cb], [1, -1], label, u, groups)
+    r = variance.parts([ca, cb], [1, -1], label, u, groups)
     se, q, f = r.se, r.ratio, r.seed_df
     safe = np.where(se > 0, se, 1.0)
     p = np.where(se > 0, reference_p(r.estimate / safe, f, q), (r.estimate == 0).astype(float))
@@ -306,7 +221,7 @@ def cell_interval(preds, metric="acc", level=0.95, groups=None):
     """(estimate, low, high) of one cell's metric over its replicates (seeds) and test images."""
     c, label, ids, _ = correct_matrix(preds)
     u = image_weights(label, metric)
-    r = parts([c[None]], [1], label, u, _groups_of(ids, groups))
+    r = variance.parts([c[None]], [1], label, u, _groups_of(ids, groups))
     half = float(reference_quantile(1 - level, r.seed_df, r.ratio)[0] * r.se[0])
     est = float(r.estimate[0])
     return est, est - half, est + half
@@ -346,21 +261,25 @@ def holm(pvalues):
 
 
 def throughput(a, b, level=0.95):
-    """Seconds of a against b (timed runs of each): the difference of means with Welch's t-test
-    and interval, and the ratio of geometric means with Welch's interval on the log scale
-    (timings are skewed and multiplicative)."""
+    """Seconds per step of a against b, paired by round (a[i] and b[i] ran in round i, one after
+    the other: tlstudy.training.throughput.interleaved). The ratio of geometric means with the t
+    interval of the per-round log ratios (timings are skewed and multiplicative, and the machine's
+    drift is shared within a round), its p-value, and the difference of means in seconds with the
+    paired t interval."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if min(len(a), len(b)) < 2:
+    if len(a) != len(b):
+        raise ValueError("a throughput comparison pairs the runs of a round: as many runs of a as of b")
+    if len(a) < 2:
         raise ValueError("a throughput comparison needs at least 2 timed runs of each")
-    res = stats.ttest_ind(a, b, equal_var=False)
-    ci = res.confidence_interval(level)
-    ratio = stats.ttest_ind(np.log(a), np.log(b), equal_var=False).confidence_interval(level)
+    logs = stats.ttest_rel(np.log(a), np.log(b))
+    ratio = logs.confidence_interval(level)
+    seconds = stats.ttest_rel(a, b).confidence_interval(level)
     return dict(
         estimate=float(a.mean() - b.mean()),
-        low=float(ci.low),
-        high=float(ci.high),
-        p=float(res.pvalue),
-        df=float(res.df),
+        low=float(seconds.low),
+        high=float(seconds.high),
+        p=float(logs.pvalue),
+        df=float(logs.df),
         ratio=float(np.exp(np.log(a).mean() - np.log(b).mean())),
         ratio_low=float(np.exp(ratio.low)),
         ratio_high=float(np.exp(ratio.high)),

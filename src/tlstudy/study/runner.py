@@ -238,19 +238,25 @@ def slots(cluster: dict, resources: dict) -> int:
 
 
 def measure_speed(study: optuna.Study, space: Space, settings: StudySettings) -> None:
-    """Time each architecture of a space whose cells differ in it (tlstudy.training.throughput),
-    once per study: claim 1 compares training speed on this, not on trials' epoch times."""
+    """Time each architecture of a space whose cells differ in it, once per study, on the trials'
+    device and threads: interleaved runs, each in its own process (tlstudy.training.throughput).
+    Claim 1 compares training speed on this, not on trials' epoch times."""
     archs = sorted({a for (a,) in space.choices("arch")})
     if len(archs) < 2 or settings.shared.get("mode") == "frozen" or study.user_attrs.get(names.THROUGHPUT):
         return
     from tlstudy.training import throughput
 
+    device = "cuda" if settings.gpus_per_trial and torch.cuda.is_available() else "cpu"
+    threads = max(1, int(settings.cpus_per_trial))
     size = settings.data.image_size
     say(
-        f"timing {', '.join(archs)}: {THROUGHPUT_STEPS} training steps x {THROUGHPUT_RUNS} runs each, "
-        f"batch 16, {size} px, one thread"
+        f"timing {' and '.join(archs)} on {throughput.device_name(device)}: {THROUGHPUT_RUNS} interleaved rounds "
+        f"of {THROUGHPUT_STEPS} training steps, each run in its own process, batch 16, {size} px, {threads} thread(s)"
     )
-    study.set_user_attr(names.THROUGHPUT, throughput.measure(archs, size, steps=THROUGHPUT_STEPS, runs=THROUGHPUT_RUNS))
+    rows = throughput.interleaved(
+        archs, size, rounds=THROUGHPUT_RUNS, steps=THROUGHPUT_STEPS, threads=threads, device=device
+    )
+    study.set_user_attr(names.THROUGHPUT, rows)
 
 
 def say_weights(space: Space, shared: dict) -> None:
