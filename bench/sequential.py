@@ -31,7 +31,7 @@ def run(regime: simulation.Regime, looks: list[int], n: int, delta: float, seed:
     rng = np.random.default_rng(seed)
     test = simulation.test_set(rng, regime.images_per_patient)
     levels = sequential.levels(looks, ALPHA)
-    rejected, spent, fixed = 0, 0.0, {k: 0 for k in range(2, looks[-1] + 1)}
+    rejected, spent, fixed = 0, 0.0, dict.fromkeys(range(2, looks[-1] + 1), 0)
     for start in range(0, n, CHUNK):
         m = min(CHUNK, n - start)
         ca, cb, label, patient = simulation.draw(regime, looks[-1], m, rng, delta, test)

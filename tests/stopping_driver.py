@@ -7,6 +7,7 @@ POINT, a point every run of a study reaches:
 - first-running: the first trial has reported its second epoch (nothing COMPLETE yet);
 - next-running: a trial has reported its second epoch while another is COMPLETE;
 - first-complete: the searcher has told Optuna of the first COMPLETE trial;
+- round-2-complete: ... of the first COMPLETE replicate of --seeds auto's second round;
 - reporting: every trial has finished and the driver starts its exports.
 ACTION:
 - sigint: the driver sends itself SIGINT, as Ctrl-C in its terminal would;
@@ -68,6 +69,15 @@ def install(point, action, marker):
                 stop()
 
         search.OptunaPruningSearch.on_trial_complete = tell_then_stop
+    elif point == "round-2-complete":
+        told = search.OptunaPruningSearch.on_trial_complete
+
+        def tell_then_stop_in_round_2(self, trial_id, result=None, error=False):
+            told(self, trial_id, result=result, error=error)
+            if any(t.user_attrs.get("round") == 2 for t in complete(self)):
+                stop()
+
+        search.OptunaPruningSearch.on_trial_complete = tell_then_stop_in_round_2
     else:
         raise SystemExit(f"unknown point {point}")
 

@@ -125,6 +125,7 @@ def test_looks_and_levels_are_planned_before_any_data():
     levels = sequential.levels([3, 5, 7, 8], 0.05)
     assert levels[0] == pytest.approx(0.05 * (3 / 8) ** 2) and min(levels) > 0
     assert sequential.current(None, 0.05) == (0.05, {}, 0)
-    rounds = {"looks": [{"look": 1, "alpha": 0.007, "verdicts": {"6": "supported", "5a": "inconclusive"}},
-                        {"look": 2, "alpha": 0.0125, "verdicts": {"6": "supported", "5a": "contradicted"}}]}  # fmt: skip
+    first = {"look": 1, "alpha": 0.007, "verdicts": {"6": "supported", "5a": "inconclusive"}}
+    second = {"look": 2, "alpha": 0.0125, "verdicts": {"6": "supported", "5a": "contradicted"}}
+    rounds = {"looks": [first, second]}
     assert sequential.current(rounds, 0.05) == (0.0125, {"6": ("supported", 1), "5a": ("contradicted", 2)}, 2)

@@ -201,7 +201,8 @@ def _why(r, alpha):
         if str(r.get("data_source", "")).startswith("phantom"):
             text += "; on the synthetic phantom, not X-rays"
     if r["direction"] == "equivalent" and not seconds:
-        text += f"; TOST at ±{100 * r['margin']:.1f} points: p {r['p_tost']:.3g}, outside the margin: p {r['p_outside']:.3g}"
+        text += f"; TOST at ±{100 * r['margin']:.1f} points: p {r['p_tost']:.3g}"
+        text += f", outside the margin: p {r['p_outside']:.3g}"
     if r.get("decided"):
         return text + f"; p {r['p']:.3g} now; decided at look {r['look']:.0f}, which kept its verdict"
     text += f"; p {r['p']:.3g}, Holm-adjusted {r['p_holm']:.3g} ({'<' if r['p_holm'] < alpha else '>='} {alpha:.3g})"

@@ -59,9 +59,9 @@ class Page:
             "Each cell's best search configuration (lowest val loss), trained again with each training seed: "
             "figures are means over those replicates (± sd over seeds). Test accuracy is at the best-val-loss "
             "checkpoint, with a 95 % interval over seeds and test images (`statistics.cell_interval`: the "
-            "seed and image variance against calibrated critical values; Wilson's interval over the test images when a cell "
-            "has one replicate). Search trials never scored the test split: they were chosen on val loss "
-            "alone.",
+            "seed and image variance against calibrated critical values; Wilson's interval over the test "
+            "images when a cell has one replicate). Search trials never scored the test split: they were "
+            "chosen on val loss alone.",
             "",
             markdown(shown),
             "",

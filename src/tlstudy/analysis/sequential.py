@@ -105,13 +105,13 @@ def next_round(study: Any, space: Any, settings: Any, targets: dict) -> dict | N
             continue
         for side in ("a", "b"):
             if c[f"study_{side}"] == space.name:
-                mine, _ = tlclaims._select(frames[1], Cell.parse(c[f"cell_{side}"]).as_dict())
+                mine, _ = tlclaims.select(frames[1], Cell.parse(c[f"cell_{side}"]).as_dict())
                 open_cells |= set(mine[CELL].astype(str))
     grow = {cell: looks[i + 1] for cell in open_cells if cell in targets} if i + 1 < len(looks) else {}
     new = {**targets, **{c: max(targets[c], k) for c, k in grow.items()}}
     record = {"look": i + 1, "seeds": looks[i], "alpha": alphas[i], "verdicts": verdicts}
     study.set_user_attr(ROUNDS, {"plan": looks, "levels": alphas, "looks": done + [record], "targets": new})
-    said = ", ".join(f"{k} {v}" for k, v in verdicts.items() if v != "void")
+    said = ", ".join(f"{k} {v}" for k, v in verdicts.items() if v != "void") or "every claim void"
     then = f"next: {len(grow)} cells to {looks[i + 1]} seeds" if grow else "done"
     print(
         f"look {i + 1} of {len(looks)} ({looks[i]} seeds per cell, level {alphas[i]:.3g}): {said}; {then}", flush=True
