@@ -16,6 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from tlstudy import spaces
+from tlstudy.analysis import claims as tlclaims
 from tlstudy.analysis import reference, report
 from tlstudy.settings import Cell
 
@@ -254,18 +255,7 @@ def test_report_page_tables_and_claims(taske, results):
     side = pd.read_csv(paths["report_vs_study"])
     assert list(side.source[:2]) == ["report (one run)", "this study (replicates)"]
     claims = pd.read_csv(paths["claims"]).set_index("claim")
-    assert list(claims.columns) == [
-        "cells",
-        "metric",
-        "estimate",
-        "low",
-        "high",
-        "p",
-        "p_holm",
-        "margin",
-        "verdict",
-        "reason",
-    ]
+    assert list(claims.columns) == [c for c in tlclaims.COLUMNS if c != "claim"]
     # Train-only tiling: 95 % against 71 %, on the same images, three seeds each.
     assert claims.verdict["6"] == "supported" and claims.estimate["6"] == pytest.approx(0.24)
     assert claims.low["6"] > 0 and claims.p_holm["6"] < 0.05
@@ -293,7 +283,9 @@ def test_architecture_table_counts_resnext_and_resnet101():
 
 def b_and_c(storage, results, source, weights_source):
     b, c = new_study(storage, "taskB", source), new_study(storage, "taskC", source)
-    for study, correct in ((b, (150, 152, 148)), (c, (172, 170, 174))):
+    # Seeds within a point of each other: at 3 seeds the seed term has 2 df, and with Holm over
+    # the four transfer claims the critical t is about 9, so 11 points need a tight spread.
+    for study, correct in ((b, (150, 151, 149)), (c, (171, 172, 173))):
         for arch in ("resnext50_32x4d", "resnet101"):
             for w in ("IMAGENET1K_V1", "IMAGENET1K_V2"):
                 params = {"arch": arch, "weights": w}

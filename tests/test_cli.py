@@ -106,7 +106,7 @@ def fake_runner(monkeypatch):
     calls = []
     fake = types.ModuleType("tlstudy.study.runner")
     fake.result = 0
-    fake.run_study = lambda s, space: (
+    fake.run_study = lambda s, space, judge=None: (
         calls.append((s, space)) or types.SimpleNamespace(code=fake.result, study=None, incomplete=[])
     )
     report = types.ModuleType("tlstudy.analysis.report")

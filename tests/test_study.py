@@ -14,6 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tlstudy import cli, spaces
+from tlstudy.analysis import claims as tlclaims
 from tlstudy.errors import UserError
 from tlstudy.settings import PROTOCOL
 from tlstudy.study import runner
@@ -177,19 +178,7 @@ def test_run_ends_with_the_analysis(taske):
     work = pd.read_csv(taske / "taskE" / "show_your_work.csv")
     assert len(work) == 9 and list(work.columns) == ["cell", "k=1", "k=2"]
     claims = pd.read_csv(taske / "taskE" / "claims.csv")
-    assert list(claims.columns) == [
-        "claim",
-        "cells",
-        "metric",
-        "estimate",
-        "low",
-        "high",
-        "p",
-        "p_holm",
-        "margin",
-        "verdict",
-        "reason",
-    ]
+    assert list(claims.columns) == tlclaims.COLUMNS
     by = claims.set_index("claim")
     # No ImageNet weights here (and phantom data): claims about transfer are void, saying why.
     assert by.loc["3a", "verdict"] == "void" and by.loc["3a", "reason"] == "study taskB not run"
