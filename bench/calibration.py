@@ -9,7 +9,9 @@ Each row draws `nulls` comparisons of two cells whose population accuracies are 
 with its binomial 95 % interval); then as many comparisons with cell a better by a logit shift of
 0.3, and counts how often the 95 % interval covers the true population difference. The seed sd is
 the median over comparisons of each cell's sd of per-seed accuracy, in points; "image share" is the
-median share of the image term in the variance of the difference.
+median share of the image term in the variance of the difference. "void" is the share of null
+comparisons with fewer than 2 converged (not collapsed) seeds in a cell: no test, so no verdict
+(counted as no rejection in the false-positive rate); coverage is over the comparisons made.
 """
 
 from __future__ import annotations
@@ -55,19 +57,22 @@ def rates(regime: simulation.Regime, k: int, nulls: int, seed: int = 0, coverage
     rng = np.random.default_rng(seed)
     test = simulation.test_set(rng, regime.images_per_patient)
     truth = simulation.true_difference(regime, test[0], DELTA)
-    hits, covered, sd_a, sd_b, share = 0, 0, [], [], []
+    hits, covered, judged, void, sd_a, sd_b, share = 0, 0, 0, 0, [], [], []
     for delta in (0.0, DELTA) if coverage else (0.0,):
         for start in range(0, nulls, CHUNK):
             ca, cb, label, patient = simulation.draw(regime, k, min(CHUNK, nulls - start), rng, delta, test)
             r = statistics.compare(ca, cb, label, "acc", 1 - ALPHA, patient)
             if delta == 0:
                 hits += int((r["p"] < ALPHA).sum())
+                void += int(np.isnan(r["p"]).sum())
                 xa, xb = ca.mean(2), cb.mean(2)
                 sd_a += list(100 * xa.std(1, ddof=1))
                 sd_b += list(100 * xb.std(1, ddof=1))
-                share += list(1 / (1 + 1 / np.where(np.isfinite(r["ratio"]), r["ratio"], 1e12)))
+                with np.errstate(divide="ignore"):
+                    share += list(1 / (1 + 1 / np.where(np.isfinite(r["ratio"]), r["ratio"], 1e12)))
             else:
                 covered += int(((r["low"] <= truth) & (truth <= r["high"])).sum())
+                judged += int(np.isfinite(r["low"]).sum())
     lo, hi = _binomial(hits, nulls)
     return dict(
         regime=regime.name,
@@ -80,7 +85,8 @@ def rates(regime: simulation.Regime, k: int, nulls: int, seed: int = 0, coverage
         fpr=hits / nulls,
         fpr_low=lo,
         fpr_high=hi,
-        coverage=covered / nulls if coverage else float("nan"),
+        coverage=covered / judged if coverage and judged else float("nan"),
+        void=void / nulls,
         true_difference=truth,
     )
 
@@ -99,22 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     print(
         "| regime | K a / b | seed sd a / b (points) | image share | nulls | false-positive rate [95 % CI] "
-        "| coverage at +3 points |"
+        "| coverage at +3 points | void |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.regimes:
         for k in args.k:
             r = rates(simulation.REGIMES[name], k, args.nulls)
             print(
                 f"| {name} | {r['k_a']} / {r['k_b']} | {r['seed_sd_a']:.1f} / {r['seed_sd_b']:.1f} | "
                 f"{r['image_share']:.2f} | {r['nulls']} | {r['fpr']:.3f} [{r['fpr_low']:.3f}, {r['fpr_high']:.3f}] "
-                f"| {r['coverage']:.3f} (true difference {100 * r['true_difference']:+.1f}) |",
+                f"| {r['coverage']:.3f} (true difference {100 * r['true_difference']:+.1f}) | {r['void']:.3f} |",
                 flush=True,
             )
     if args.broken:
         print("\n| broken variant | regime | K a / b | false-positive rate [95 % CI] |\n|---|---|---|---|")
         for variant in ("normal", "se85", "pooled"):
-            for name, k in (("unequal", 2), ("unequal", 3), ("balanced", 3)):
+            for name, k in (("unequal", 2), ("unequal", 3), ("balanced", 3), ("balanced", 10)):
                 with broken(variant):
                     r = rates(simulation.REGIMES[name], k, args.nulls, coverage=False)
                 print(

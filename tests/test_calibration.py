@@ -35,7 +35,8 @@ def fpr(name, k, seed=1):
 
 
 @pytest.mark.parametrize(
-    "name,k", [("unequal", 2), ("unequal", 3), ("unequal_k", 2), ("balanced", 3), ("collapse", 3), ("shared", 3)]
+    "name,k",
+    [("unequal", 2), ("unequal", 3), ("unequal_k", 2), ("balanced", 3), ("collapse", 3), ("shared", 3), ("shared", 6)],
 )
 def test_the_false_positive_rate_is_alpha_in_every_regime(name, k):
     low, high = band(k)
