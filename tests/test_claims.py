@@ -331,3 +331,13 @@ def test_equivalence_is_judged_at_the_adjusted_level_like_the_others():
     assert claims._verdict(r, 0.05) == "inconclusive"
     assert claims._verdict({**r, "p_holm": 0.03}, 0.05) == "contradicted"
     assert claims._verdict({**r, "p_tost": 0.001, "p_outside": 0.9, "p_holm": 0.003}, 0.05) == "supported"
+
+
+def test_a_claim_an_earlier_look_decided_keeps_its_verdict_and_leaves_the_family(report):
+    table, trials, preds, studies = report
+    o = by_claim(claims.evaluate(table, trials, preds, studies, decided={"6": ("contradicted", 3)}, look=4))
+    assert o.loc["6", "verdict"] == "contradicted" and o.loc["6", "look"] == 3
+    assert "decided at look 3" in o.loc["6", "reason"] and np.isnan(o.loc["6", "p_holm"])
+    rest = o.drop(index="6")
+    assert rest.verdict.isin(["supported", "contradicted", "inconclusive", "void"]).all(), rest.verdict.to_dict()
+    assert (rest[rest.verdict != "void"].look == 4).all()

@@ -153,10 +153,15 @@ def _accuracy_row(c, cells, trials, predictions, studies, margin, alpha, checkpo
     return out
 
 
+def _decided(r):
+    """Whether an earlier look decided this claim (the column is NaN for the others, and NaN is truthy)."""
+    return isinstance(r.get("decided"), str)
+
+
 def _verdict(r, alpha):
     if r["void"]:
         return "void"
-    if r.get("decided"):
+    if _decided(r):
         return r["decided"]
     if not r["p_holm"] < alpha:
         return "inconclusive"
@@ -203,7 +208,7 @@ def _why(r, alpha):
     if r["direction"] == "equivalent" and not seconds:
         text += f"; TOST at ±{100 * r['margin']:.1f} points: p {r['p_tost']:.3g}"
         text += f", outside the margin: p {r['p_outside']:.3g}"
-    if r.get("decided"):
+    if _decided(r):
         return text + f"; p {r['p']:.3g} now; decided at look {r['look']:.0f}, which kept its verdict"
     text += f"; p {r['p']:.3g}, Holm-adjusted {r['p_holm']:.3g} ({'<' if r['p_holm'] < alpha else '>='} {alpha:.3g})"
     if r["verdict"] == "inconclusive" and not pd.isna(r.get("mde")):
