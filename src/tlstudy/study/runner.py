@@ -208,12 +208,11 @@ def measure_speed(study: optuna.Study, space: Space, place: Any) -> None:
         f"timing {', '.join(archs)}: {THROUGHPUT_STEPS} training steps x {THROUGHPUT_RUNS} runs each, "
         f"batch 16, {size} px, " + ("on a GPU of its own" if gpu else "one thread")
     )
-    kwargs = dict(steps=THROUGHPUT_STEPS, runs=THROUGHPUT_RUNS, device="cuda" if gpu else "cpu")
-    if gpu:
+    if gpu:  # in a task of its own, where Ray grants it a whole GPU (the driver may have none)
         task = ray.remote(num_gpus=1, num_cpus=settings.cpus_per_trial, max_calls=1)(throughput.measure)
-        rows = ray.get(task.remote(archs, size, **kwargs))
+        rows = ray.get(task.remote(archs, size, steps=THROUGHPUT_STEPS, runs=THROUGHPUT_RUNS, device="cuda"))
     else:
-        rows = throughput.measure(archs, size, **kwargs)
+        rows = throughput.measure(archs, size, steps=THROUGHPUT_STEPS, runs=THROUGHPUT_RUNS, device="cpu")
     study.set_user_attr(names.THROUGHPUT, rows)
 
 

@@ -113,7 +113,7 @@ def memory_cap(device: torch.device, fraction: float | None) -> Iterator[None]:
         return
     capped = fraction is not None and fraction < 1
     if capped:
-        torch.cuda.set_per_process_memory_fraction(fraction, device)  # type: ignore[arg-type]
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
     try:
         yield
     finally:
@@ -122,6 +122,7 @@ def memory_cap(device: torch.device, fraction: float | None) -> Iterator[None]:
             torch.cuda.set_per_process_memory_fraction(1.0, device)
 
 
-def peak_memory_gb(device: torch.device) -> float | None:
-    """The most memory the trial's tensors took on its GPU (None on a CPU)."""
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """The most memory the trial's tensors took on its GPU, in GiB, as the summary's gpu_peak_gb
+    (nothing on a CPU: a CPU trial's row has no such column)."""
+    return {"gpu_peak_gb": torch.cuda.max_memory_allocated(device) / 2**30} if device.type == "cuda" else {}

@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ class RunContext:
     scaler: torch.amp.GradScaler | None = None  # fp16's gradient scaler
 
 
-def fit(config: TrialConfig, data: Splits) -> Iterator[dict]:
+def fit(config: TrialConfig, data: Splits) -> Generator[dict, None, None]:
     """Train per `config` on `data`; yield one metrics dict per epoch."""
     t_start = time.perf_counter()
     device = check(config)
@@ -111,11 +112,9 @@ def fit(config: TrialConfig, data: Splits) -> Iterator[dict]:
             best["acc"] = {"val_acc": val_acc, "epoch": epoch, "state": state}
         if epoch == config.epochs:
             summary = summarize(net, x, y, data, best, history, eval_repeat, run, config.score_test)
-            how = dict(feature_cache=cache_use, weights_source=weights_source, device=str(device), amp=numerics.amp)
-            how.update(threads=torch.get_num_threads(), channels_last=numerics.channels_last, startup_s=startup_s)
-            how.update(
-                build_s=build_s, **({"gpu_peak_gb": devices.peak_memory_gb(device)} if device.type == "cuda" else {})
-            )
+            how: dict[str, Any] = dict(feature_cache=cache_use, weights_source=weights_source, device=str(device))
+            how.update(amp=numerics.amp, channels_last=numerics.channels_last, threads=torch.get_num_threads())
+            how.update(startup_s=startup_s, build_s=build_s, **devices.peak_memory(device))
             summary.update(
                 wall_s=time.perf_counter() - t_start, **how, **{**data.info(), "classes": ",".join(data.classes)}
             )

@@ -213,11 +213,13 @@ def augment(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
 def make_optimizer(config: TrialConfig, params: list, fused: bool = False) -> torch.optim.Optimizer:
     """The trial's optimizer; `fused` (CUDA): one kernel for all parameters, which also takes fp16's
     gradient scaler without a host sync per step. The CPU keeps torch's default implementation."""
-    more = {"fused": True} if fused else {}
+    how = True if fused else None  # None, not False: torch's own choice (foreach where it can)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **more)
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=how
+        )
     opt = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return opt(params, lr=config.lr, weight_decay=config.weight_decay, **more)
+    return opt(params, lr=config.lr, weight_decay=config.weight_decay, fused=how)
 
 
 def make_scheduler(

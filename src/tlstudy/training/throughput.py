@@ -55,7 +55,7 @@ def measure(
         for arch in archs:
             torch.manual_seed(0)
             model = torchvision.models.get_model(arch, num_classes=2).train()
-            model.to(where, memory_format=numerics.fmt)  # type: ignore[call-overload]
+            model.to(where, memory_format=numerics.fmt)
             fused = {"fused": True} if where.type == "cuda" else {}  # as a trial's optimizer there
             opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, **fused)
             x = torch.randn(batch_size, 3, image_size, image_size, device=where)
