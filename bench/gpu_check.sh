@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, for a GPU machine as it is: its own python3 with torch and torchvision, no Ray,
-# no Optuna, no network. At most 6 minutes of command time (each step's timeout below; they add
-# up to 352 s), so a 15-minute lease keeps room for the machine's start and a rerun.
+# no Optuna, no network. At most 6 minutes of command time (each step's timeout below and the
+# final verify's add up to 350 s), so a 15-minute lease keeps room for the machine's start and a rerun.
 #   1. info: torch, CUDA, the GPU, its compute capability and memory, what --amp auto picks;
 #   2. the GPU tests (pytest -m gpu tests/test_gpu.py: numerics, no host sync per batch, the
 #      memory cap, the memory estimate against the real peak, the feature cache on CUDA);
@@ -47,6 +47,11 @@ step info 15 "$PY" bench/gpu_check.py info "$WORK"
 grep -m1 '^mode=' "$LOG"
 MODE=$(cat "$WORK/mode" 2>/dev/null || echo cpu)
 SIZE=(); [ "$MODE" = cpu ] && SIZE=(--image-size 16 --batch-size 8)
+# A quarter of the cores per process from here on, as four trials side by side would share them
+# (a study's one-CPU trial has one thread): on a busy 2-core machine, two threads per process
+# spin against each other and made a 16 px CPU epoch ten times slower.
+THREADS=$(( $(nproc) / 4 )); [ "$THREADS" -ge 1 ] || THREADS=1
+export OMP_NUM_THREADS=$THREADS
 
 step gpu_tests 70 "$PY" -m pytest -o addopts= -p no:cacheprovider -m gpu -q -rA tests/test_gpu.py \
     --junitxml="$WORK/gpu_tests.xml"
@@ -67,3 +72,6 @@ step summary 10 "$PY" bench/gpu_check.py summary "$WORK" "$OUT/gpu_check.json" "
 [ -e "$WORK/gpu_tests.xml" ] && cp "$WORK/gpu_tests.xml" "$OUT/"
 cat "$WORK/digest.txt" 2>/dev/null
 echo "figures: $OUT/gpu_check.json  log: $LOG"
+# The exit status: 0 only when every step ended well, the GPU tests passed (or were skipped without
+# CUDA), nothing imported the study layer's packages and the trials left their epoch times.
+timeout -k 1 5 "$PY" bench/gpu_check.py verify "$OUT/gpu_check.json"
