@@ -91,7 +91,6 @@ def throughput(work: Path) -> None:
     size, n = s["size"], s["pass_images"]
     x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, device=dev)
     y = torch.randint(0, 2, (n,), device=dev)
-    built: dict = {}
     out: dict = {"mode": m, "image_size": size, "pass_images": n, "rows": [], "skipped": []}
     for amp in s["amps"]:
         for repeat in ("1,3,1,1", "1,3,3,1"):
@@ -101,12 +100,17 @@ def throughput(work: Path) -> None:
                     if time.monotonic() > deadline:
                         out["skipped"].append(what)
                         continue
-                    if arch not in built:
-                        built[arch] = models.build(arch, "none", 2)[0].to(dev)
+                    # A fresh model each time, made on the device (fast), alone there: every row
+                    # starts from the same init, and its peak memory is its own.
+                    torch.manual_seed(0)
+                    with dev:
+                        model = models.build(arch, "none", 2)[0]
                     try:
-                        what.update(_time_one(built[arch], x, y, dev, amp, batch, repeat))
-                    except torch.OutOfMemoryError as e:
-                        what["error"] = f"out of memory: {str(e).splitlines()[0]}"
+                        what.update(_time_one(model, x, y, dev, amp, batch, repeat))
+                    except (torch.OutOfMemoryError, FloatingPointError) as e:
+                        what["error"] = str(e).splitlines()[0]
+                    del model
+                    if dev.type == "cuda":
                         torch.cuda.empty_cache()
                     factors = models.parse_repeat(repeat)
                     est = memory.estimate(arch, batch, size, factors, factors, amp, images=n, eval_batch=batch)

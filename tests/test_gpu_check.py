@@ -28,8 +28,11 @@ def test_gpu_check_runs_every_step_on_the_cpu_without_ray_or_optuna(tmp_path):
     tests = res["gpu_tests"]
     assert tests["tests"] >= 8 and tests["skipped"] == tests["tests"] and not tests["failures"] + tests["errors"]
     rows = res["throughput"]["rows"]
-    assert {(r["arch"], r["amp"]) for r in rows} >= {(a, "off") for a in ("resnet18", "resnext50_32x4d", "resnet101")}
+    archs = ("resnet18", "resnext50_32x4d", "resnet101")
+    every = {(a, amp, r) for a in archs for amp in ("off", "bf16", "fp16") for r in ("1,3,1,1", "1,3,3,1")}
+    assert {(r["arch"], r["amp"], r["repeat"]) for r in rows} == every and not res["throughput"]["skipped"]
     for row in rows:
+        assert "error" not in row, row
         assert len(row["train_images_per_s"]) == len(row["eval_images_per_s"]) == 3 and row["estimate_gib"] > 0
         assert min(row["train_images_per_s"] + row["eval_images_per_s"]) > 0, row
     # The trials ran through `python -m tlstudy trial` with the full profile and the stand-in weights.
