@@ -27,10 +27,11 @@ ARCHS = ("resnet18", "resnext50_32x4d", "resnet101")
 SIZES = {
     "gpu": dict(size=224, batches=(16, 64), pass_images=256, amps=("bf16", "off", "fp16"), budget=92, margin=14),
     # Every numerics and repeat once, at one tiny batch: the code paths, not the figures.
-    "cpu": dict(size=16, batches=(4,), pass_images=4, amps=("off", "bf16", "fp16"), budget=90, margin=20),
+    "cpu": dict(size=16, batches=(2,), pass_images=2, amps=("off", "bf16", "fp16"), budget=90, margin=15),
 }
 # Kermany's split sizes, rendered small (the trial's loader resizes them to the profile's 224 px).
-DATA = {"gpu": dict(sizes=(5216, 522, 624), render=32), "cpu": dict(sizes=(64, 100, 32), render=16)}
+# (The CPU run's trials pass --min-val 0: its 24 val images stay val.)
+DATA = {"gpu": dict(sizes=(5216, 522, 624), render=32), "cpu": dict(sizes=(32, 24, 16), render=16)}
 
 
 def forbidden_loaded() -> list[str]:
@@ -183,9 +184,9 @@ def data(work: Path) -> None:
     print(out)
 
 
-def trials(work: Path, n: int, budget: float, cmd: list[str]) -> None:
+def trials(work: Path, n: int, budget: float, cmd: list[str]) -> int:
     """n copies of a `tlstudy trial` command at once (other training seeds), nvidia-smi sampling the
-    GPU meanwhile; each copy's wall time and its JSON. Killed at `budget` seconds."""
+    GPU meanwhile; each copy's wall time and its JSON. Killed at `budget` seconds. 1 unless all ended well."""
     smi = None
     if shutil.which("nvidia-smi"):
         query = "--query-gpu=timestamp,utilization.gpu,memory.used"
@@ -225,6 +226,7 @@ def trials(work: Path, n: int, budget: float, cmd: list[str]) -> None:
     result["nvidia_smi"] = _smi(work / f"smi{n}.csv") if smi else "nvidia-smi not found"
     write(work / f"trials{n}.json", result)
     print(json.dumps(result))
+    return 0 if all(t["exit"] == 0 for t in result["trials"]) else 1
 
 
 def _imports(err: Path) -> list[str]:
@@ -292,6 +294,8 @@ def verify(path: Path) -> int:
     wrong += [f"imported {', '.join(res['forbidden_imports'])}"] if res["forbidden_imports"] else []
     t = res["gpu_tests"]
     wrong += [f"GPU tests: {t}"] if "error" in t or t["failures"] or t["errors"] else []
+    for n in ("trials1", "trials4"):
+        wrong += [f"{n}: a trial exited {t['exit']}" for t in (res[n] or {}).get("trials", []) if t["exit"] != 0]
     wrong += [] if res.get("packing") else ["the trials left no epoch times"]
     print("\n".join(wrong) or f"gpu_check: every step passed ({res['info']['mode']} mode, {res['total_s']} s)")
     return 1 if wrong else 0
@@ -316,7 +320,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     what, work = sys.argv[1], Path(sys.argv[2])
     if what == "trials":
-        trials(work, int(sys.argv[3]), float(sys.argv[4]), sys.argv[5:])
+        sys.exit(trials(work, int(sys.argv[3]), float(sys.argv[4]), sys.argv[5:]))
     elif what == "summary":
         summary(work, Path(sys.argv[3]), float(sys.argv[4]))
     elif what == "verify":

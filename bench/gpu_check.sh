@@ -46,7 +46,7 @@ step() {  # step NAME SECONDS COMMAND...: the command under its timeout, its out
 step info 15 "$PY" bench/gpu_check.py info "$WORK"
 grep -m1 '^mode=' "$LOG"
 MODE=$(cat "$WORK/mode" 2>/dev/null || echo cpu)
-SIZE=(); [ "$MODE" = cpu ] && SIZE=(--image-size 16 --batch-size 8)
+SIZE=(); [ "$MODE" = cpu ] && SIZE=(--image-size 16 --batch-size 8 --min-val 0)
 # A quarter of the cores per process from here on, as four trials side by side would share them
 # (a study's one-CPU trial has one thread): on a busy 2-core machine, two threads per process
 # spin against each other and made a 16 px CPU epoch ten times slower.

@@ -38,6 +38,6 @@ def test_gpu_check_runs_every_step_on_the_cpu_without_ray_or_optuna(tmp_path):
     # The trials ran through `python -m tlstudy trial` with the full profile and the stand-in weights.
     [one], four = res["trials1"]["trials"], res["trials4"]["trials"]
     assert len(four) == 4 and all(t["exit"] == 0 and len(t["epoch_s"]) == 2 for t in [one, *four])
-    assert one["device"] == "cpu" and one["amp"] == res["info"]["amp_auto"] and one["n_train"] == 64
+    assert one["device"] == "cpu" and one["amp"] == res["info"]["amp_auto"] and one["n_train"] == 32
     assert res["packing"]["gain_epoch"] > 0 and res["packing"]["gain_wall"] > 0
     assert "weights: IMAGENET1K_V1" in log and "RANDOM" not in log
