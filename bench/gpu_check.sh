@@ -68,10 +68,10 @@ for f in "$WORK"/trial*_*.out "$WORK"/trial*_*.err; do  # the trials' own output
 done
 
 TOTAL=$(( ($(date +%s%N) - T0) / 1000000 ))
-step summary 10 "$PY" bench/gpu_check.py summary "$WORK" "$OUT/gpu_check.json" "$(( TOTAL / 1000 ))"
+step summary 10 "$PY" bench/gpu_check_report.py summary "$WORK" "$OUT/gpu_check.json" "$(( TOTAL / 1000 ))"
 [ -e "$WORK/gpu_tests.xml" ] && cp "$WORK/gpu_tests.xml" "$OUT/"
 cat "$WORK/digest.txt" 2>/dev/null
 echo "figures: $OUT/gpu_check.json  log: $LOG"
 # The exit status: 0 only when every step ended well, the GPU tests passed (or were skipped without
 # CUDA), nothing imported the study layer's packages and the trials left their epoch times.
-timeout -k 1 5 "$PY" bench/gpu_check.py verify "$OUT/gpu_check.json"
+timeout -k 1 5 "$PY" bench/gpu_check_report.py verify "$OUT/gpu_check.json"
