@@ -133,7 +133,7 @@ def test_memory_estimate_covers_the_measured_peak_without_waste(batch, repeat):
     run = loop.RunContext(CUDA, n.dtype, n.fmt, "finetune", "eval", False, devices.scaler(CUDA, n))
     devices.prepare(CUDA)
     for _ in range(2):  # the second pass measured: the first holds cuDNN's autotuning, whose trial
-        # workspaces take what memory is free (under a trial's memory cap, what its share leaves)
+        # workspaces take what the allocator can give (under a trial's memory cap, what its share leaves)
         torch.cuda.reset_peak_memory_stats(CUDA)
         loop.train_epoch(model, x, y, optimizer, cfg, models.parse_repeat(repeat), torch.Generator(), run)
         loop.evaluate(model, x, y, models.parse_repeat(repeat), run)

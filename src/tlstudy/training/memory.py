@@ -7,9 +7,10 @@ the activations, at the trial's batch, image size and repeat factors, in the aut
 that come the weights, their gradients and the optimizer's state (fp32), autocast's low-precision
 copy of the weights, the backward pass's largest gradients in flight, cuDNN's workspace, and the
 whole uint8 data set, which a GPU trial keeps on the GPU. Evaluation (batches of 128, nothing
-saved) seldom needs more, but is estimated too. cuDNN's autotuning (first batches of a shape) tries
-kernels with workspaces as large as the free memory allows, so it is not counted: under a trial's
-memory cap it takes what the share leaves. `gpu_check.sh` measures the real peaks against it.
+saved) seldom needs more, but is estimated too. cuDNN's autotuning (the first batch of a shape) tries
+kernels with workspaces as large as the allocator can give then, passing over those it cannot, so it
+is not counted: under a trial's memory cap it takes what the share leaves. `gpu_check.sh` measures
+the real peaks against the estimate.
 """
 
 from __future__ import annotations
