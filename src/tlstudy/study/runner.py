@@ -208,8 +208,9 @@ def measure_speed(study: optuna.Study, space: Space, place: Any) -> None:
         f"timing {', '.join(archs)}: {THROUGHPUT_STEPS} training steps x {THROUGHPUT_RUNS} runs each, "
         f"batch 16, {size} px, " + ("on a GPU of its own" if gpu else "one thread")
     )
-    if gpu:  # in a task of its own, where Ray grants it a whole GPU (the driver may have none)
-        task = ray.remote(num_gpus=1, num_cpus=settings.cpus_per_trial, max_calls=1)(throughput.measure)
+    if gpu:  # a task of its own with a whole GPU (the driver may have none), or all of a cluster with less
+        one = min(1.0, cluster.gpus())
+        task = ray.remote(num_gpus=one, num_cpus=settings.cpus_per_trial, max_calls=1)(throughput.measure)
         rows = ray.get(task.remote(archs, size, steps=THROUGHPUT_STEPS, runs=THROUGHPUT_RUNS, device="cuda"))
     else:
         rows = throughput.measure(archs, size, steps=THROUGHPUT_STEPS, runs=THROUGHPUT_RUNS, device="cpu")
