@@ -21,7 +21,7 @@ from tlstudy.study import cluster, packing
 from tlstudy.training import device as devices
 from tlstudy.training import feature_cache, loop, memory
 
-from conftest import load_data
+from conftest import kill_group, load_data
 
 GiB = 2**30
 
@@ -60,11 +60,21 @@ LOGICAL_GPUS = textwrap.dedent("""
 
 def test_each_trial_resolves_to_the_device_ray_granted_it(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "98,99"}
-    r = subprocess.run(
-        [sys.executable, "-c", LOGICAL_GPUS, str(tmp_path)], capture_output=True, text=True, timeout=180, env=env
+    # A session of its own: whatever happens, its Ray goes with it (kill_group checks).
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOGICAL_GPUS, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.splitlines()[-1])
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 0, stderr[-3000:]
+    out = json.loads(stdout.splitlines()[-1])
     # Granted no GPU: the CPU, though CUDA_VISIBLE_DEVICES still names the node's GPUs (Ray 2.60
     # leaves it as the worker found it: torch alone would take cuda:0).
     assert out["0"] == ["cpu", 0.0, "98,99"]
