@@ -14,6 +14,18 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 import pytest  # noqa: E402
 
+# `pytest -m gpu` runs the GPU tests (tests/test_gpu.py: torch, torchvision and tlstudy.training only).
+GPU_RUN = "gpu"
+
+
+def pytest_configure(config):
+    """Outside `pytest -m gpu` the suite hides CUDA, so it passes unchanged on a GPU machine: `auto`
+    means the CPU, a new study's profile is quick, trials find no GPU. Set before anything starts
+    CUDA; the subprocesses and Ray workers of the tests inherit it."""
+    if config.getoption("markexpr", "").strip() != GPU_RUN:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 ROOT = Path(__file__).parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 XRAYS = FIXTURES / "chest_xray_sample"
@@ -55,7 +67,7 @@ def ray_local():
     import ray
 
     # address="local": otherwise ray.init joins any Ray already running on the machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -98,8 +98,8 @@ def test_ray_stays_on_loopback_unless_joining_a_cluster(argv, env, local):
 
 @pytest.fixture
 def fake_runner(monkeypatch):
-    """tlstudy.study.runner and the report replaced by recorders, and no GPU: the settings the
-    command line hands the runner, without running it."""
+    """tlstudy.study.runner and the report replaced by recorders, and a cluster without GPUs: the
+    settings the command line hands the runner, without running it."""
     import tlstudy.analysis
     import tlstudy.study
 
@@ -120,7 +120,8 @@ def fake_runner(monkeypatch):
     ):
         monkeypatch.setitem(sys.modules, module.__name__, module)
         monkeypatch.setattr(package, name, module, raising=False)
-    monkeypatch.setattr(commands, "has_gpu", lambda: False)
+    # A cluster without GPUs: a new study's profile is quick (tests/test_placement.py has real clusters).
+    monkeypatch.setattr(commands, "cluster_profile", lambda flags: "quick")
     fake.calls = calls
     return fake
 
@@ -143,7 +144,8 @@ def test_run_hands_the_runner_resolved_settings(tmp_path, fake_runner, capsys):
     assert isinstance(s, settings.StudySettings) and space.name == "taskE" and s.storage == url  # the real URL ...
     assert SECRET not in s.command and s.command.startswith("tlstudy run --space taskE")  # ... nobody else
     assert "--storage=postgresql://tl:***@db.example/tl" in s.command
-    assert (s.profile, s.gpus_per_trial, s.seeds, s.budget) == ("quick", 0.0, 2, settings.PROFILES["quick"]["budget"])
+    # The GPUs per trial are the runner's to resolve, from the cluster (tlstudy.study.packing).
+    assert (s.profile, s.gpus_per_trial, s.seeds, s.budget) == ("quick", None, 2, settings.PROFILES["quick"]["budget"])
     assert s.shared == {"epochs": 3, "step_size": 3, "weights_policy": "auto", "frozen_bn": "eval", **space.fixed}
     assert not (tmp_path / "r").exists()  # checked, not created
 

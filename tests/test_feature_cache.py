@@ -46,27 +46,12 @@ def entries():
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in data.cache_dir().glob("features-*.pt")}
 
 
-@pytest.mark.parametrize(
-    "device",
-    [
-        "cpu",
-        pytest.param(
-            "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
-        ),
-    ],
-)
-def test_cached_features_give_the_uncached_metrics(splits, pretrained, device):
-    cfg = {**pretrained, "train_repeat": "1,3,3,1", "eval_repeat": "1,3,1,1", "device": device}
+def test_cached_features_give_the_uncached_metrics(splits, pretrained):
+    """On the CPU (tests/test_gpu.py has the GPU's, with its own tolerance)."""
+    cfg = {**pretrained, "train_repeat": "1,3,3,1", "eval_repeat": "1,3,1,1", "device": "cpu"}
     plain, plain_summary = fit({**cfg, "feature_cache": "off"}, splits)
     cached, cached_summary = fit(cfg, splits)
     assert plain_summary["feature_cache"] == "off" and cached_summary["feature_cache"] == "built"
-    if device == "cuda":
-        # bf16 and TF32 kernels round differently for other batch sizes (16 vs 128): the losses
-        # agree to 2 %, while a single prediction near the boundary may flip.
-        for p, c in zip(plain, cached):
-            assert c["train_loss"] == pytest.approx(p["train_loss"], rel=2e-2)
-            assert c["val_loss"] == pytest.approx(p["val_loss"], rel=2e-2)
-        return
     for p, c in zip(plain, cached):
         for k in EPOCH_KEYS:
             assert c[k] == pytest.approx(p[k], rel=RTOL, abs=RTOL), (p["epoch"], k)

@@ -17,7 +17,6 @@ from tlstudy import cli, spaces
 from tlstudy.analysis import claims as tlclaims
 from tlstudy.errors import UserError
 from tlstudy.settings import PROTOCOL
-from tlstudy.study import runner
 
 from conftest import ROOT, SMALL_SPACE, TINY
 from conftest import load_study as load
@@ -367,10 +366,3 @@ def test_list_spaces_names_every_task():
     assert r.returncode == 0
     names = [line.split()[0] for line in r.stdout.splitlines()]
     assert names == ["taskA", "taskB", "taskC", "taskD", "taskE"]
-
-
-def test_default_concurrency_is_what_the_cluster_fits():
-    assert runner.slots({"CPU": 2.0}, {"cpu": 1, "gpu": 0}) == 2
-    assert runner.slots({"CPU": 16.0, "GPU": 1.0}, {"cpu": 1, "gpu": 0.25}) == 4
-    assert runner.slots({"CPU": 2.0, "GPU": 1.0}, {"cpu": 1, "gpu": 0.25}) == 2
-    assert runner.slots({"CPU": 1.0}, {"cpu": 2, "gpu": 0}) == 1  # Ray queues it; never 0

@@ -43,9 +43,11 @@ class TrialConfig:
     epochs: int = 3
     augment: bool = False
     train_seed: int = 0  # model init, batch order and augmentation; the data have their own seed
-    device: str = "auto"  # auto: cuda when present, else cpu
-    amp: str | bool = "auto"  # bf16 autocast: auto = where the hardware has native bf16; on; off
-    channels_last: str | bool = "auto"  # auto = together with bf16, where it pays; on; off
+    device: str = "auto"  # auto: cuda when present (under Ray: when Ray granted the trial a GPU), else cpu
+    amp: str | bool = (
+        "auto"  # autocast: auto = bf16 where native, fp16 on older GPUs, else off; bf16; fp16; on (bf16); off
+    )
+    channels_last: str | bool = "auto"  # auto = together with bf16 or fp16, where it pays; on; off
     feature_cache: str = "auto"  # auto: a frozen trial without augmentation trains its head on cached features
     score_test: bool = True  # score the test split at the end; a study's search trials do not (chosen on val)
 
@@ -79,7 +81,7 @@ CHOICES: dict[str, tuple[str, ...]] = dict(
     optimizer=("sgd", "adam", "adamw"),
     schedule=("step", "cosine", "none"),
     device=("auto", "cpu", "cuda"),
-    amp=("auto", "on", "off"),
+    amp=("auto", "bf16", "fp16", "on", "off"),
     channels_last=("auto", "on", "off"),
     feature_cache=("auto", "off"),
 )
@@ -92,13 +94,13 @@ CHOICES: dict[str, tuple[str, ...]] = dict(
 # the profile: 7 of 30 epochs in full, past the end of a quick run.
 PROTOCOL = dict(optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-6, batch_size=16, schedule="step")
 
-# quick: the default without a GPU, sized for 2 CPU cores without AVX512-BF16. At 32 px a
+# quick: the default where the cluster has no GPU, sized for 2 CPU cores without AVX512-BF16. At 32 px a
 # resnet18 step costs about the same per image at any size (per-layer overhead, not pixels:
 # bench/RESULTS.md), so the cost is the steps trained: 180 images x 3 epochs, 36 steps where
 # 240 x 4 took 60. With 3 epochs the StepLR drop comes after the run (step_size 3): a drop
 # before the last epoch left the train-only-tiling cells underfit, and 160 images let one of
 # them fall to the base rate.
-# full: the report's protocol (224 px, 30 epochs, every image).
+# full: the report's protocol (224 px, 30 epochs, every image); the default where the cluster has a GPU.
 # budget: search trials per cell (the first runs PROTOCOL); seeds: replicates of each cell's best,
 # and max_seeds > seeds: --seeds auto, rounds of more replicates until the claims are decided.
 # fmt: off
@@ -245,7 +247,7 @@ class StudySettings:
     address: str | None = None
     num_cpus: int | None = None
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: 1 with a GPU, else 0 (tlstudy.cli resolves it)
+    gpus_per_trial: float | None = None  # None: what the cluster's GPUs fit (tlstudy.study.packing), 0 without
     max_concurrent: int | None = None
     verbose: bool = False
     command: str = ""  # the command line that reruns this one, password hidden

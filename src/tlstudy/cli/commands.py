@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +77,17 @@ def keep_ray_local(address: str | None, environ: Any = os.environ) -> bool:
     return True
 
 
-def has_gpu() -> bool:
+def has_gpu() -> bool:  # `tlstudy trial`'s default profile; a study's is its cluster's (cluster_profile)
     import torch
 
     return torch.cuda.is_available()
+
+
+def cluster_profile(flags: dict[str, Any]) -> str:
+    """A new study's default profile, its cluster's: Ray starts (or is joined) now, as the study would."""
+    from tlstudy.study import cluster
+
+    return cluster.profile(flags.get("address"), flags.get("num_cpus"), bool(flags.get("verbose")))
 
 
 def exit_code(result: Any) -> int:
@@ -103,14 +109,16 @@ def study_settings(path: Path, flags: dict[str, Any]) -> tuple[StudySettings, sp
     the flags, and compared with the study stored under its name: a rerun with anything that makes
     its trials incomparable is refused here. The stored study keeps its space's summary with the
     file's hash, so a rerun with the same file is compared without running it (no Ray, no torch);
-    the space is returned when it had to be loaded."""
+    the space is returned when it had to be loaded. A rerun's profile is its stored study's; only a
+    new study without --profile needs the cluster (Ray starts here for it: full with GPUs)."""
     name = flags.get("study_name") or path.stem
     attrs = None if flags.get("new_study") else storage.stored_attrs(flags["storage"], name)
     summary, space = (attrs or {}).get(SPACE_SUMMARY), None
     if not summary or summary.get("sha1") != spaces.file_hash(path):
         space = spaces.load(path)
         summary = space.summary()
-    profile = flags.get("profile") or (attrs or {}).get(PROFILE) or ("full" if has_gpu() else "quick")
+    # A stored study runs its own (one stored without: quick, and the comparison says what differs).
+    profile = flags.get("profile") or (attrs.get(PROFILE) or "quick" if attrs else cluster_profile(flags))
     settings = resolve_study(summary, profile, {**flags, "study_name": name})
     if attrs:
         from tlstudy.study import design  # Optuna: a stored study is there to compare with
@@ -151,8 +159,9 @@ def show_config(settings: StudySettings, space: spaces.Space) -> None:
         f"data: {settings.data.source} (data seed {settings.data.seed}); storage: "
         f"{storage.display_url(settings.storage)}"
     )
+    gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else "from the cluster at its start"
     print(
-        f"resources: cpus per trial {settings.cpus_per_trial}, gpus per trial {settings.gpus_per_trial}, "
+        f"resources: cpus per trial {settings.cpus_per_trial}, gpus per trial {gpus}, "
         f"at most {settings.max_concurrent or 'as many trials as fit'} at once"
     )
 
@@ -191,20 +200,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
         return max(codes + [report.report_compared(spaces.load(path), runs[0][0])])
     settings, space = study_settings(path, flags)
     if args.show_config:
-        show_config(with_gpus(settings), space or spaces.load(path))
+        show_config(settings, space or spaces.load(path))
         return 0
     return _run_one(settings, space or spaces.load(path))
 
 
-def with_gpus(settings: StudySettings) -> StudySettings:
-    """--gpus-per-trial's default, once the settings are known good: 1 where the driver sees a GPU, else 0."""
-    return settings if settings.gpus_per_trial is not None else replace(settings, gpus_per_trial=float(has_gpu()))
-
-
 def _run_one(settings: StudySettings, space: spaces.Space) -> int:
-    """Run one study (tlstudy.study.runner), then its exports and report, read from the storage
-    (tlstudy.analysis)."""
-    settings = with_gpus(settings)
+    """Run one study (tlstudy.study.runner, which resolves the GPUs per trial from the cluster),
+    then its exports and report, read from the storage (tlstudy.analysis)."""
     from tlstudy.study import runner
 
     judge = None

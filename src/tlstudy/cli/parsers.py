@@ -110,8 +110,8 @@ def add_run_flags(p):
     p.add_argument(
         "--profile",
         choices=tuple(PROFILES),
-        help="quick (the default without a GPU) or full (the report's protocol; the default with a GPU); "
-        "a stored study's by default when it continues one",
+        help="quick (the default where Ray has no GPU) or full (the report's protocol; the default where it "
+        "has one); a stored study's by default when it continues one",
     )
     p.add_argument("--verbose", action="store_true", help="Ray Tune's progress tables and a line per trial and epoch")
     g = p.add_argument_group("data")
@@ -210,7 +210,8 @@ def add_run_flags(p):
     g.add_argument(
         "--gpus-per-trial",
         type=nonneg_float,
-        help="GPUs Ray reserves for each trial; 0.25 packs four trials on a GPU (default: 1 with a GPU, else 0)",
+        help="GPUs Ray reserves for each trial; 0.25 packs four trials on a GPU (default: 0 where Ray has "
+        "no GPU, else as many trials per GPU as its memory fits, at most 4)",
     )
     g.add_argument(
         "--max-concurrent",

@@ -20,7 +20,7 @@ def add(p):
         "--profile",
         choices=tuple(PROFILES),
         help="the study profile whose data size, epochs and weights policy are the defaults below "
-        "(default: quick without a GPU, full with one, as tlstudy run)",
+        "(default: quick where torch sees no GPU, full where it sees one)",
     )
     g = p.add_argument_group("data")
     g.add_argument(
@@ -95,8 +95,8 @@ TRIAL_HELP = dict(
     augment="random flips and crops on the training images",
     train_seed="seeds the model's init, the batch order and augmentation",
     device="auto: cuda when present, else cpu",
-    amp="bf16 autocast: auto where the hardware has native bf16",
-    channels_last="channels-last memory format: auto together with bf16",
+    amp="autocast: auto is bf16 where native, fp16 (with a gradient scaler) on older GPUs, else off; on is bf16",
+    channels_last="channels-last memory format: auto together with bf16 or fp16",
     feature_cache="auto: a frozen trial without augmentation trains its head on cached features",
     score_test="score the test split at the end (a study's search trials do not: they are chosen on val alone)",
 )

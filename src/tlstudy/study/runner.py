@@ -12,7 +12,6 @@ Rerunning the same command continues the study. The exports and report follow (t
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 import time
@@ -36,11 +35,11 @@ from ray import tune
 
 from tlstudy import names
 from tlstudy.data import splits as data_splits
-from tlstudy.errors import UserError
 from tlstudy.settings import StudySettings, TrialConfig, fingerprint
 from tlstudy.spaces import Space
-from tlstudy.study import design, storage
+from tlstudy.study import cluster, design, packing, storage
 from tlstudy.study.search import OptunaPruningScheduler, OptunaPruningSearch
+from tlstudy.training import device as devices
 from tlstudy.training import models
 from tlstudy.training.loop import fit
 
@@ -50,10 +49,19 @@ THROUGHPUT_STEPS, THROUGHPUT_RUNS = 5, 5
 
 
 def trainable(config: dict, data: data_splits.Splits) -> None:
-    """The Ray Tune function trainable: tlstudy.training.loop.fit on its config, reported every epoch."""
+    """The Ray Tune function trainable: tlstudy.training.loop.fit on its config, on the device Ray
+    granted it (tlstudy.study.packing), reported every epoch."""
     node_id = ray.get_runtime_context().get_node_id()
-    for rec in fit(TrialConfig.of(config), data):
-        tune.report({**rec, names.NODE_ID: node_id})
+    cfg = TrialConfig.of({**config, "device": packing.granted_device(config.get("device", "auto"))})
+    device, share = torch.device(cfg.device), packing.granted_share()
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 1
+    with devices.memory_cap(device, packing.memory_fraction(share, total)):
+        records = fit(cfg, data)
+        try:
+            for rec in records:
+                tune.report({**rec, names.NODE_ID: node_id})
+        finally:
+            records.close()  # a stopped trial's tensors go before its cache is handed back
 
 
 Judge = Callable[[optuna.Study, design.Seeds], "design.Seeds | None"]
@@ -127,7 +135,7 @@ def run_study(settings: StudySettings, space: Space, judge: Judge | None = None)
             break
         targets = more
     print_failures(study, first)
-    measure_speed(study, space, settings)
+    measure_speed(study, space, lambda: placed(settings, space, splits))
     incomplete = design.incomplete_cells(study.get_trials(deepcopy=False), space.cells, targets)
     return Outcome(1 if incomplete and not settings.allow_failures else 0, study, incomplete)
 
@@ -146,6 +154,7 @@ def run_rounds(settings: StudySettings, space: Space, study: optuna.Study, store
         else:
             print(f"retry {attempt} of {settings.max_retries}: running the {n_trials} trials still missing")
         try:
+            settings = placed(settings, space, splits)
             run_trials(settings, space, study, store, splits, n_trials, targets)
         except KeyboardInterrupt:
             say(
@@ -165,8 +174,7 @@ def run_trials(
     n_trials: int,
     targets: design.Seeds,
 ) -> None:
-    """Run up to n_trials trials of the study's design under Ray Tune."""
-    init_ray(settings)
+    """Run up to n_trials trials of the study's design under Ray Tune (settings.gpus_per_trial resolved)."""
     artifacts = (Path(settings.results) / "artifacts").resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     searcher = OptunaPruningSearch(
@@ -185,7 +193,7 @@ def run_trials(
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial or 0.0}
     # With a searcher, Tune keeps one trial pending at a time unless concurrency is bounded:
     # the second slot's worker would start only once the first trial runs (12 s later here).
-    max_concurrent = settings.max_concurrent or slots(ray.cluster_resources(), resources)
+    max_concurrent = settings.max_concurrent or cluster.slots(ray.cluster_resources(), resources)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
         param_space={**settings.shared, **space.param_space},
@@ -210,52 +218,37 @@ def run_trials(
         searcher.fail_unfinished("interrupted before its last epoch")
 
 
-def init_ray(settings: StudySettings) -> None:
-    """Start a Ray of its own, or join the cluster of --address (or RAY_ADDRESS); once per process."""
-    if ray.is_initialized():
-        return
-    address = settings.address or os.environ.get("RAY_ADDRESS")
-    # "local": without it, ray.init joins any Ray already running on this machine (another
-    # user's, another study's) instead of starting this study's own. Trials' own output (the
-    # weights-fallback warning of each) only with --verbose: the progress lines say what matters.
-    kwargs: dict[str, Any] = dict(address=address or "local", include_dashboard=False, log_to_driver=settings.verbose)
-    if not address and settings.num_cpus:
-        kwargs["num_cpus"] = settings.num_cpus
-    # Ray's token authentication is fine on loopback; its warning at every start is not news.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        lambda record: "Token authentication is enabled" not in record.getMessage()
-    )
-    try:
-        ray.init(logging_level=logging.WARNING, **kwargs)
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
+def placed(settings: StudySettings, space: Space, splits: data_splits.Splits) -> StudySettings:
+    """The settings on the study's Ray, started or joined, with their GPUs per trial (tlstudy.study.packing)."""
+    cluster.init_ray(settings.address, settings.num_cpus, settings.verbose)
+    return packing.with_gpus(settings, space, sum(len(t) for t in splits.x.values()), say)
 
 
-def slots(cluster: dict, resources: dict) -> int:
-    """How many trials with `resources` the cluster's resources (ray.cluster_resources()) fit at once."""
-    fits = [cluster.get(k.upper(), 0) / v for k, v in resources.items() if v]
-    return max(1, int(min(fits))) if fits else 1
-
-
-def measure_speed(study: optuna.Study, space: Space, settings: StudySettings) -> None:
+def measure_speed(study: optuna.Study, space: Space, place: Any) -> None:
     """Time each architecture of a space whose cells differ in it, once per study, on the trials'
-    device and threads: interleaved runs, each in its own process (tlstudy.training.throughput).
-    Claim 1 compares training speed on this, not on trials' epoch times."""
+    kind of device and threads (a GPU of its own where they had GPUs; place() gives the placed
+    settings): interleaved runs, each in its own process (tlstudy.training.throughput). Claim 1
+    compares training speed on this, not on trials' epoch times."""
     archs = sorted({a for (a,) in space.choices("arch")})
-    if len(archs) < 2 or settings.shared.get("mode") == "frozen" or study.user_attrs.get(names.THROUGHPUT):
+    if len(archs) < 2 or space.fixed.get("mode") == "frozen" or study.user_attrs.get(names.THROUGHPUT):
         return
     from tlstudy.training import throughput
 
-    device = "cuda" if settings.gpus_per_trial and torch.cuda.is_available() else "cpu"
+    settings = place()
+    size, gpu = settings.data.image_size, bool(settings.gpus_per_trial)
     threads = max(1, int(settings.cpus_per_trial))
-    size = settings.data.image_size
     say(
-        f"timing {' and '.join(archs)} on {throughput.device_name(device)}: {THROUGHPUT_RUNS} interleaved rounds "
-        f"of {THROUGHPUT_STEPS} training steps, each run in its own process, batch 16, {size} px, {threads} thread(s)"
+        f"timing {' and '.join(archs)}: {THROUGHPUT_RUNS} interleaved rounds of {THROUGHPUT_STEPS} training steps, "
+        f"each run in its own process, batch 16, {size} px, "
+        + ("on a GPU of its own" if gpu else f"{threads} thread(s)")
     )
-    rows = throughput.interleaved(
-        archs, size, rounds=THROUGHPUT_RUNS, steps=THROUGHPUT_STEPS, threads=threads, device=device
-    )
+    timing = dict(rounds=THROUGHPUT_RUNS, steps=THROUGHPUT_STEPS, threads=threads)
+    if gpu:  # a task of its own with a whole GPU (the driver may have none); its runs inherit that GPU
+        one = min(1.0, cluster.gpus())
+        task = ray.remote(num_gpus=one, num_cpus=settings.cpus_per_trial, max_calls=1)(throughput.interleaved)
+        rows = ray.get(task.remote(archs, size, device="cuda", **timing))
+    else:
+        rows = throughput.interleaved(archs, size, device="cpu", **timing)
     study.set_user_attr(names.THROUGHPUT, rows)
 
 

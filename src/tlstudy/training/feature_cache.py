@@ -8,7 +8,7 @@ trains only the head on it, so 30 epochs cost about one forward pass over the da
 
 An entry is keyed by everything that determines it: architecture, weights (and for a
 random backbone, the seed that drew it), the split's repeat factors and pixels, and the
-numerics (bf16 autocast, memory format, device type, torch version). The pixels are
+numerics (autocast's dtype, memory format, device type, torch version). The pixels are
 hashed rather than trusting the data's fingerprint, which a train subset or a resplit
 val set keeps. Writes are atomic (`tlstudy.data.splits.cached`), so concurrent trials share
 entries safely.
@@ -25,6 +25,7 @@ from tlstudy.data.splits import cache_dir, cached
 from tlstudy.names import RANDOM_FALLBACK
 from tlstudy.settings import TrialConfig
 from tlstudy.training import models
+from tlstudy.training.device import autocast
 from tlstudy.training.models import to_input
 
 BATCH = 128
@@ -57,7 +58,7 @@ def key(images: torch.Tensor, repeat: tuple, cfg: TrialConfig, weights_source: s
         repeat=list(repeat),
         shape=list(images.shape),
         pixels=hashlib.sha1(images.contiguous().numpy().data).hexdigest(),
-        amp=run.amp,
+        dtype=str(run.dtype),  # autocast's (None: fp32): bf16 and fp16 features differ
         channels_last=run.fmt == torch.channels_last,
         device=run.device.type,
         torch=torch.__version__,
@@ -67,16 +68,17 @@ def key(images: torch.Tensor, repeat: tuple, cfg: TrialConfig, weights_source: s
 
 @torch.inference_mode()
 def extract(model: torch.nn.Module, images: torch.Tensor, repeat: tuple, run: Any) -> torch.Tensor:
-    """The head's input for every image, as float32 on the CPU."""
+    """The head's input for every image, as float32 on the CPU (copied there once, not per batch:
+    each copy would wait for the GPU)."""
     models.set_mode(model, "frozen", training=False)
     _, head = models.find_head(model)
     out = []
-    hook = head.register_forward_pre_hook(lambda module, args: out.append(args[0].float().cpu()))
+    hook = head.register_forward_pre_hook(lambda module, args: out.append(args[0].float()))
     try:
         for xb in images.split(BATCH):
             inp = to_input(xb.to(run.device), repeat).contiguous(memory_format=run.fmt)
-            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+            with autocast(run.device, run.dtype):
                 model(inp)
     finally:
         hook.remove()
-    return torch.cat(out) if out else torch.zeros(0, head.in_features)
+    return torch.cat(out).cpu() if out else torch.zeros(0, head.in_features)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,11 +26,11 @@ from sklearn.metrics import confusion_matrix, recall_score, roc_auc_score
 from torch import nn
 
 from tlstudy.data.splits import Splits
-from tlstudy.errors import UserError
 from tlstudy.names import CHECKPOINTS, EPOCH_KEYS, PREDICTIONS, SUMMARY
 from tlstudy.settings import TrialConfig
+from tlstudy.training import device as devices
 from tlstudy.training import models
-from tlstudy.training.models import augment, make_optimizer, make_scheduler, native_bf16, parse_repeat, switch, to_input
+from tlstudy.training.models import augment, make_optimizer, make_scheduler, parse_repeat, to_input
 
 EVAL_BATCH = 128
 
@@ -39,33 +40,34 @@ class RunContext:
     """How a trial's batches run, fixed once per trial and read by every step of it."""
 
     device: torch.device
-    amp: bool  # bf16 autocast
+    dtype: torch.dtype | None  # autocast's: bf16, fp16, or None (fp32)
     fmt: torch.memory_format  # torch.channels_last or torch.contiguous_format
     mode: str  # finetune | frozen
     frozen_bn: str  # frozen mode's BatchNorm: eval | train
     features: bool  # the network is the head alone, trained on cached backbone features
+    scaler: torch.amp.GradScaler | None = None  # fp16's gradient scaler
 
 
-def fit(config: TrialConfig, data: Splits) -> Iterator[dict]:
+def fit(config: TrialConfig, data: Splits) -> Generator[dict, None, None]:
     """Train per `config` on `data`; yield one metrics dict per epoch."""
     t_start = time.perf_counter()
     device = check(config)
     models.seed_everything(config.train_seed)
-    amp = switch(config.amp, native_bf16(device))
-    channels_last = switch(config.channels_last, amp)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    numerics = devices.numerics(config.amp, config.channels_last, device)
+    devices.prepare(device)
     train_repeat, eval_repeat = parse_repeat(config.train_repeat), parse_repeat(config.eval_repeat)
 
     model, weights_source = models.build(
         config.arch, config.weights, config.out_features, config.mode, config.weights_policy, data.num_classes
     )
     # torch's stub lacks Module.to's (device, memory_format=) overload, which torch has.
-    model.to(device, memory_format=fmt)  # type: ignore[call-overload]
+    model.to(device, memory_format=numerics.fmt)  # type: ignore[call-overload]
     build_s = time.perf_counter() - t_start
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(config, params)
+    optimizer = make_optimizer(config, params, fused=device.type == "cuda")
     scheduler = make_scheduler(config, optimizer)
-    run = RunContext(device, amp, fmt, config.mode, config.frozen_bn, features=uses_feature_cache(config))
+    features, scaler = uses_feature_cache(config), devices.scaler(device, numerics)
+    run = RunContext(device, numerics.dtype, numerics.fmt, config.mode, config.frozen_bn, features, scaler)
     y = {s: t.to(device, non_blocking=True) for s, t in data.y.items()}
     net: nn.Module
     if run.features:
@@ -110,10 +112,9 @@ def fit(config: TrialConfig, data: Splits) -> Iterator[dict]:
             best["acc"] = {"val_acc": val_acc, "epoch": epoch, "state": state}
         if epoch == config.epochs:
             summary = summarize(net, x, y, data, best, history, eval_repeat, run, config.score_test)
-            how = dict(feature_cache=cache_use, weights_source=weights_source, device=str(device), amp=amp)
-            how.update(
-                threads=torch.get_num_threads(), channels_last=channels_last, startup_s=startup_s, build_s=build_s
-            )
+            how: dict[str, Any] = dict(feature_cache=cache_use, weights_source=weights_source, device=str(device))
+            how.update(amp=numerics.amp, channels_last=numerics.channels_last, threads=torch.get_num_threads())
+            how.update(startup_s=startup_s, build_s=build_s, **devices.peak_memory(device))
             summary.update(
                 wall_s=time.perf_counter() - t_start, **how, **{**data.info(), "classes": ",".join(data.classes)}
             )
@@ -125,10 +126,7 @@ def check(config: TrialConfig) -> torch.device:
     """Refuse a configuration that cannot train (one line, before any data or model); its device."""
     parse_repeat(config.train_repeat), parse_repeat(config.eval_repeat)
     models.check(config.arch, config.weights, config.out_features, mode=config.mode, policy=config.weights_policy)
-    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device} asked for, but torch sees no CUDA device")
-    return torch.device(device)
+    return devices.resolve(config.device)
 
 
 def uses_feature_cache(config: TrialConfig) -> bool:
@@ -165,12 +163,17 @@ def train_epoch(
         if config.augment:
             xb = augment(xb.float(), gen if xb.device.type == "cpu" else None)
         inp = _input(xb, repeat, run)
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+        with devices.autocast(run.device, run.dtype):
             out = model(inp)
         loss = criterion(out.float(), yb)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if run.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # fp16: gradients scaled against underflow; a step with inf or NaN in them is skipped
+            run.scaler.scale(loss).backward()
+            run.scaler.step(optimizer)
+            run.scaler.update()
         total_loss += loss.detach() * len(idx)
         correct += correct_count(out, yb)
         seen += len(idx)
@@ -189,7 +192,7 @@ def evaluate(
     logits = []
     for xb in x.split(EVAL_BATCH):
         inp = _input(xb, repeat, run)
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+        with devices.autocast(run.device, run.dtype):
             logits.append(model(inp).float())
     out = torch.cat(logits)
     loss = nn.functional.cross_entropy(out, y).item()

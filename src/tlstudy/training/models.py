@@ -1,5 +1,5 @@
 """torchvision classification models with a new head, fine-tuned or frozen: the input they take, and
-the optimizer, schedule and numerics they train with.
+the optimizer and schedule they train with (the numerics: tlstudy.training.device).
 
 Pretrained weights come through torchvision's own cache,
 `$TORCH_HOME/hub/checkpoints/<file>.pth` (`torch.hub.get_dir()`), so a file placed
@@ -17,6 +17,7 @@ rather than per sample (`to_input`), by the training loop and by `tlstudy predic
 """
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -172,12 +173,19 @@ def parse_repeat(value: Any) -> tuple[int, int, int, int]:
 
 def to_input(x: torch.Tensor, repeat: tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 N x 1 x H x W -> normalised float N x 3 x (H*r2) x (W*r3)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    mean, std = _normalisation(x.device, dtype)
     # Normalising the single channel against the three channel statistics broadcasts
     # to the three channels repeat(1,3,1,1) would make, without materialising them first.
     x = (x.to(dtype) / 255 - mean) / std
     return x.repeat(1, 1, repeat[2], repeat[3])
+
+
+@functools.cache
+def _normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std as 1 x 3 x 1 x 1 tensors, made once per device and dtype: made per
+    batch, each was a copy from the host that waits for the GPU (two syncs every batch)."""
+    with torch.inference_mode(False):  # also usable by training when first made in evaluation
+        return tuple(torch.tensor(v, dtype=dtype).view(1, 3, 1, 1).to(device) for v in (IMAGENET_MEAN, IMAGENET_STD))  # type: ignore[return-value]
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -199,14 +207,19 @@ def augment(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return F.grid_sample(x, grid.to(x.dtype), padding_mode="border", align_corners=False)
 
 
-# ---------------------------------------------------------------- how it trains: optimizer, schedule, numerics
+# ---------------------------------------------------------------- how it trains: optimizer, schedule
 
 
-def make_optimizer(config: TrialConfig, params: list) -> torch.optim.Optimizer:
+def make_optimizer(config: TrialConfig, params: list, fused: bool = False) -> torch.optim.Optimizer:
+    """The trial's optimizer; `fused` (CUDA): one kernel for all parameters, which also takes fp16's
+    gradient scaler without a host sync per step. The CPU keeps torch's default implementation."""
+    how = True if fused else None  # None, not False: torch's own choice (foreach where it can)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=how
+        )
     opt = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return opt(params, lr=config.lr, weight_decay=config.weight_decay)
+    return opt(params, lr=config.lr, weight_decay=config.weight_decay, fused=how)
 
 
 def make_scheduler(
@@ -217,21 +230,6 @@ def make_scheduler(
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     return None
-
-
-def native_bf16(device: torch.device) -> bool:
-    """bf16 pays only with hardware support: on an AVX2-only CPU, autocast to bf16 made
-    resnet18 training 15-30x SLOWER (emulated), while AVX512-BF16/AMX CPUs and CUDA gain."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
-        return False  # kernels held to AVX2 (ATEN_CPU_CAPABILITY=avx2) emulate bf16 too
-    # Private, for want of a public way: torch has no public query of the CPU's bf16 instructions.
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def switch(value: str | bool, auto: bool) -> bool:
-    return auto if value == "auto" else value in ("on", True)
 
 
 def seed_everything(seed: int) -> None:

@@ -57,7 +57,7 @@ def run(config: TrialConfig, data: DataSettings, json_path: str | None = None) -
             f"  confusion {summary[f'test_{tag}_confusion_matrix']}"
         )
     print(
-        f"weights: {summary['weights_source']}  device: {summary['device']}  bf16: {summary['amp']}"
+        f"weights: {summary['weights_source']}  device: {summary['device']}  amp: {summary['amp']}"
         f"  time: {summary['wall_s']:.1f} s (start-up {summary['startup_s']:.1f} s)"
     )
     if json_path:

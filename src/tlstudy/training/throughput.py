@@ -23,6 +23,7 @@ its row as JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -34,7 +35,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tlstudy.training.models import native_bf16
+from tlstudy.training import device as devices
 
 RUN_TIMEOUT_S = 600  # one run of a few steps; a run that takes longer is stuck
 
@@ -61,22 +62,20 @@ def time_steps(
     device: str = "cpu",
 ) -> dict:
     """One timed run in this process: the row (arch, device, device_type, batch_size, image_size,
-    repeat, s_per_step, threads, amp, pid), from a random init (weights do not change the arithmetic)."""
+    repeat, s_per_step, threads, amp, pid), from a random init (weights do not change the
+    arithmetic), with the numerics a trial on `device` picks (`--amp auto`)."""
     torch.set_num_threads(threads)
-    dev = torch.device(device)
-    amp = native_bf16(dev)
+    dev = devices.resolve(device)
+    numerics = devices.numerics("auto", "auto", dev)
+    devices.prepare(dev)
     torch.manual_seed(0)
-    model = torchvision.models.get_model(arch, num_classes=2).train().to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
+    model = torchvision.models.get_model(arch, num_classes=2).train()
+    model.to(dev, memory_format=numerics.fmt)
+    fused = {"fused": True} if dev.type == "cuda" else {}  # as a trial's optimizer there
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, **fused)
+    x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=numerics.fmt)
     y = torch.randint(0, 2, (batch_size,), device=dev)
-
-    def step() -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            loss = nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = functools.partial(_step, model, opt, x, y, numerics, devices.scaler(dev, numerics))
 
     def sync() -> None:  # CUDA runs asynchronously: the clock stops when the GPU is done
         if dev.type == "cuda":
@@ -99,7 +98,7 @@ def time_steps(
         repeat="1,3,1,1",
         s_per_step=(time.perf_counter() - t0) / steps,
         threads=threads,
-        amp=amp,
+        amp=numerics.amp,
         pid=os.getpid(),
     )
 
@@ -131,6 +130,27 @@ def interleaved(
                 raise RuntimeError(f"timing {arch} failed (exit {done.returncode}): {last}")
             rows.append(dict(json.loads(done.stdout.strip().splitlines()[-1]), run=run, slot=slot))
     return rows
+
+
+def _step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    numerics: devices.Numerics,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    """One training step, as a trial's (tlstudy.training.loop.train_epoch)."""
+    with devices.autocast(x.device, numerics.dtype):
+        loss = nn.functional.cross_entropy(model(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
 
 def main(argv: list[str] | None = None) -> None:
