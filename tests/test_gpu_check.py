@@ -1,17 +1,22 @@
 """bench/gpu_check.sh run as it runs without a GPU: every step at its tiny sizes, none importing Ray,
 Optuna or SQLAlchemy (this environment has them; the GPU machine has not), so the script is tested
-before GPU time is spent on it. (.ci/run runs it again in an environment with only its packages.)"""
+before GPU time is spent on it. It takes about 2 minutes, so it is marked slow (`pytest -m slow`):
+.ci/run runs the script itself, in an environment with only the GPU machine's packages, and fails
+when its verify step does."""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 STEPS = ["info", "gpu_tests", "throughput", "data", "trial", "four_trials", "summary"]
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_every_step_on_the_cpu_without_ray_or_optuna(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "GPU_CHECK_CPU": "1"}
     r = subprocess.run(
