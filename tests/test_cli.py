@@ -144,7 +144,7 @@ def test_run_hands_the_runner_resolved_settings(tmp_path, fake_runner, capsys):
     assert isinstance(s, settings.StudySettings) and space.name == "taskE" and s.storage == url  # the real URL ...
     assert SECRET not in s.command and s.command.startswith("tlstudy run --space taskE")  # ... nobody else
     assert "--storage=postgresql://tl:***@db.example/tl" in s.command
-    # The GPUs per trial are the runner's to resolve, from the cluster (tlstudy.study.packing).
+    # The GPUs per trial are the runner's to resolve, from the cluster (tlstudy.study.placement).
     assert (s.profile, s.gpus_per_trial, s.seeds, s.budget) == ("quick", None, 2, settings.PROFILES["quick"]["budget"])
     assert s.shared == {"epochs": 3, "step_size": 3, "weights_policy": "auto", "frozen_bn": "eval", **space.fixed}
     assert not (tmp_path / "r").exists()  # checked, not created

@@ -17,7 +17,7 @@ from tlstudy import spaces
 from tlstudy.cli.parsers import subparser
 from tlstudy.errors import UserError
 from tlstudy.settings import TrialConfig, resolve_study
-from tlstudy.study import cluster, packing
+from tlstudy.study import placement
 from tlstudy.training import device as devices
 from tlstudy.training import feature_cache, loop, memory
 
@@ -33,12 +33,13 @@ LOGICAL_GPUS = textwrap.dedent("""
     import ray
     ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
     from tlstudy import cli
-    from tlstudy.study import cluster, packing
+    from tlstudy.study import placement
 
     @ray.remote
     class Trial:
         def device(self, requested):
-            return packing.granted_device(requested), packing.granted_share(), os.environ.get("CUDA_VISIBLE_DEVICES")
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            return placement.granted_device(requested), placement.granted_share(), visible
 
     out = {}
     for gpus in (0, 0.25, 1):
@@ -48,12 +49,12 @@ LOGICAL_GPUS = textwrap.dedent("""
         ray.get(Trial.options(num_cpus=0).remote().device.remote("cuda"))
     except ray.exceptions.RayTaskError as e:
         out["cuda without a GPU"] = str(e)
-    out["gpus"] = cluster.gpus()
+    out["gpus"] = placement.gpus()
     shown = io.StringIO()
     with contextlib.redirect_stdout(shown):  # a new study on this cluster, as tlstudy run resolves it
         cli.main(["run", "--space", "taskE", "--results", sys.argv[1], "--show-config"])
     out["show_config"] = shown.getvalue()
-    out["probe"] = packing.probe(timeout=60)
+    out["probe"] = placement.probe(timeout=60)
     print(json.dumps(out))
 """)
 
@@ -91,33 +92,33 @@ def test_each_trial_resolves_to_the_device_ray_granted_it(tmp_path):
 def test_without_gpus_trials_run_on_the_cpu_and_a_new_study_is_quick(ray_local):
     @ray_local.remote(num_gpus=0)
     def device():
-        return packing.granted_device("auto"), packing.granted_share()
+        return placement.granted_device("auto"), placement.granted_share()
 
     assert ray_local.get(device.remote()) == ("cpu", 0.0)
-    assert cluster.gpus() == 0.0 and cluster.default_profile(cluster.gpus()) == "quick"
+    assert placement.gpus() == 0.0 and placement.default_profile(placement.gpus()) == "quick"
     space, settings = study("taskE", "quick")
-    assert packing.with_gpus(settings, space, images=480).gpus_per_trial == 0.0
+    assert placement.with_gpus(settings, space, images=480).gpus_per_trial == 0.0
     fixed_cuda = replace(settings, shared={**settings.shared, "device": "cuda"})
     with pytest.raises(UserError, match="fixes device cuda"):
-        packing.with_gpus(fixed_cuda, space, images=480)
+        placement.with_gpus(fixed_cuda, space, images=480)
 
 
 def test_default_concurrency_is_what_the_cluster_fits():
-    assert cluster.slots({"CPU": 2.0}, {"cpu": 1, "gpu": 0}) == 2
-    assert cluster.slots({"CPU": 16.0, "GPU": 1.0}, {"cpu": 1, "gpu": 0.25}) == 4
-    assert cluster.slots({"CPU": 2.0, "GPU": 1.0}, {"cpu": 1, "gpu": 0.25}) == 2
-    assert cluster.slots({"CPU": 1.0}, {"cpu": 2, "gpu": 0}) == 1  # Ray queues it; never 0
+    assert placement.slots({"CPU": 2.0}, {"cpu": 1, "gpu": 0}) == 2
+    assert placement.slots({"CPU": 16.0, "GPU": 1.0}, {"cpu": 1, "gpu": 0.25}) == 4
+    assert placement.slots({"CPU": 2.0, "GPU": 1.0}, {"cpu": 1, "gpu": 0.25}) == 2
+    assert placement.slots({"CPU": 1.0}, {"cpu": 2, "gpu": 0}) == 1  # Ray queues it; never 0
 
 
 def test_trials_per_gpu_and_their_memory_caps():
-    ctx = packing.CONTEXT
-    assert packing.trials_per_gpu(16 * GiB, 2 * GiB) == 4  # the cap: more trials add no throughput
-    assert packing.trials_per_gpu(16 * GiB, 6 * GiB) == 2  # 15.2 GiB usable / (6 + 0.75)
-    assert packing.trials_per_gpu(16 * GiB, int(15.2 * GiB - ctx) + 1) == 1
-    assert packing.trials_per_gpu(8 * GiB, 40 * GiB) == 1  # never 0: one trial, and its own error
-    assert packing.memory_fraction(0.25, 80 * GiB) == pytest.approx(0.25 - 0.75 / 80)
-    assert packing.memory_fraction(1.0, 80 * GiB) is None and packing.memory_fraction(0.0, 80 * GiB) is None
-    assert packing.memory_fraction(0.5, 1 * GiB) == 0.25  # a context larger than the share: half of it
+    ctx = placement.CONTEXT
+    assert placement.trials_per_gpu(16 * GiB, 2 * GiB) == 4  # the cap: more trials add no throughput
+    assert placement.trials_per_gpu(16 * GiB, 6 * GiB) == 2  # 15.2 GiB usable / (6 + 0.75)
+    assert placement.trials_per_gpu(16 * GiB, int(15.2 * GiB - ctx) + 1) == 1
+    assert placement.trials_per_gpu(8 * GiB, 40 * GiB) == 1  # never 0: one trial, and its own error
+    assert placement.memory_fraction(0.25, 80 * GiB) == pytest.approx(0.25 - 0.75 / 80)
+    assert placement.memory_fraction(1.0, 80 * GiB) is None and placement.memory_fraction(0.0, 80 * GiB) is None
+    assert placement.memory_fraction(0.5, 1 * GiB) == 0.25  # a context larger than the share: half of it
 
 
 def study(name, profile):
@@ -139,11 +140,11 @@ GPU_80GB, GPU_16GB = 85.0e9, 15.8e9
 )
 def test_the_largest_trial_of_a_study_sets_its_packing(task, arch, per_gpu):
     space, settings = study(task, "full")
-    peak, what = packing.largest_trial(space, settings, KERMANY, "bf16")
+    peak, what = placement.largest_trial(space, settings, KERMANY, "bf16")
     # taskE: resnet18 at its largest batch (64) with the input tiled three times in height.
     assert what.startswith(f"{arch} at batch 64, ") and ("224x672" in what) == (task == "taskE")
     assert peak.data == KERMANY * 224 * 224
-    assert {gpu: packing.trials_per_gpu(int(gpu), peak.total) for gpu in per_gpu} == per_gpu, peak
+    assert {gpu: placement.trials_per_gpu(int(gpu), peak.total) for gpu in per_gpu} == per_gpu, peak
 
 
 def real_saved_bytes(model, x):

@@ -247,7 +247,7 @@ class StudySettings:
     address: str | None = None
     num_cpus: int | None = None
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: what the cluster's GPUs fit (tlstudy.study.packing), 0 without
+    gpus_per_trial: float | None = None  # None: what the cluster's GPUs fit (tlstudy.study.placement), 0 without
     max_concurrent: int | None = None
     verbose: bool = False
     command: str = ""  # the command line that reruns this one, password hidden

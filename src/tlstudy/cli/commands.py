@@ -85,9 +85,9 @@ def has_gpu() -> bool:  # `tlstudy trial`'s default profile; a study's is its cl
 
 def cluster_profile(flags: dict[str, Any]) -> str:
     """A new study's default profile, its cluster's: Ray starts (or is joined) now, as the study would."""
-    from tlstudy.study import cluster
+    from tlstudy.study import placement
 
-    return cluster.profile(flags.get("address"), flags.get("num_cpus"), bool(flags.get("verbose")))
+    return placement.profile(flags.get("address"), flags.get("num_cpus"), bool(flags.get("verbose")))
 
 
 def exit_code(result: Any) -> int:

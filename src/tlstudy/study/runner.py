@@ -37,7 +37,7 @@ from tlstudy import names
 from tlstudy.data import splits as data_splits
 from tlstudy.settings import StudySettings, TrialConfig, fingerprint
 from tlstudy.spaces import Space
-from tlstudy.study import cluster, design, packing, storage
+from tlstudy.study import design, placement, storage
 from tlstudy.study.search import OptunaPruningScheduler, OptunaPruningSearch
 from tlstudy.training import device as devices
 from tlstudy.training import models
@@ -50,12 +50,12 @@ THROUGHPUT_STEPS, THROUGHPUT_RUNS = 5, 5
 
 def trainable(config: dict, data: data_splits.Splits) -> None:
     """The Ray Tune function trainable: tlstudy.training.loop.fit on its config, on the device Ray
-    granted it (tlstudy.study.packing), reported every epoch."""
+    granted it (tlstudy.study.placement), reported every epoch."""
     node_id = ray.get_runtime_context().get_node_id()
-    cfg = TrialConfig.of({**config, "device": packing.granted_device(config.get("device", "auto"))})
-    device, share = torch.device(cfg.device), packing.granted_share()
+    cfg = TrialConfig.of({**config, "device": placement.granted_device(config.get("device", "auto"))})
+    device, share = torch.device(cfg.device), placement.granted_share()
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 1
-    with devices.memory_cap(device, packing.memory_fraction(share, total)):
+    with devices.memory_cap(device, placement.memory_fraction(share, total)):
         records = fit(cfg, data)
         try:
             for rec in records:
@@ -193,7 +193,7 @@ def run_trials(
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial or 0.0}
     # With a searcher, Tune keeps one trial pending at a time unless concurrency is bounded:
     # the second slot's worker would start only once the first trial runs (12 s later here).
-    max_concurrent = settings.max_concurrent or cluster.slots(ray.cluster_resources(), resources)
+    max_concurrent = settings.max_concurrent or placement.slots(ray.cluster_resources(), resources)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
         param_space={**settings.shared, **space.param_space},
@@ -219,9 +219,9 @@ def run_trials(
 
 
 def placed(settings: StudySettings, space: Space, splits: data_splits.Splits) -> StudySettings:
-    """The settings on the study's Ray, started or joined, with their GPUs per trial (tlstudy.study.packing)."""
-    cluster.init_ray(settings.address, settings.num_cpus, settings.verbose)
-    return packing.with_gpus(settings, space, sum(len(t) for t in splits.x.values()), say)
+    """The settings on the study's Ray, started or joined, with their GPUs per trial (tlstudy.study.placement)."""
+    placement.init_ray(settings.address, settings.num_cpus, settings.verbose)
+    return placement.with_gpus(settings, space, sum(len(t) for t in splits.x.values()), say)
 
 
 def measure_speed(study: optuna.Study, space: Space, place: Any) -> None:
@@ -244,7 +244,7 @@ def measure_speed(study: optuna.Study, space: Space, place: Any) -> None:
     )
     timing = dict(rounds=THROUGHPUT_RUNS, steps=THROUGHPUT_STEPS, threads=threads)
     if gpu:  # a task of its own with a whole GPU (the driver may have none); its runs inherit that GPU
-        one = min(1.0, cluster.gpus())
+        one = min(1.0, placement.gpus())
         task = ray.remote(num_gpus=one, num_cpus=settings.cpus_per_trial, max_calls=1)(throughput.interleaved)
         rows = ray.get(task.remote(archs, size, device="cuda", **timing))
     else:

@@ -10,7 +10,7 @@ before fp16 existed). channels_last goes with reduced precision ("auto"), where 
 On CUDA a trial also turns on cuDNN's autotuner (its shapes are fixed within a trial) and fused
 optimizers (tlstudy.training.models.make_optimizer); nothing here changes what a CPU computes.
 Under Ray the study layer resolves "auto" from what Ray granted the trial before this module sees
-it (tlstudy.study.packing); alone (`tlstudy trial`), "auto" is CUDA wherever torch sees a GPU.
+it (tlstudy.study.placement); alone (`tlstudy trial`), "auto" is CUDA wherever torch sees a GPU.
 """
 
 from __future__ import annotations

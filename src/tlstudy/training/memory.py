@@ -1,5 +1,5 @@
 """What one trial takes of a GPU's memory, estimated from tensor shapes before anything runs: how
-many trials can share a GPU (tlstudy.study.packing) depends on it.
+many trials can share a GPU (tlstudy.study.placement) depends on it.
 
 The network runs once on PyTorch's meta device (shapes, no data, no arithmetic: about 0.2 s for a
 resnet101), and autograd's saved-tensor hooks count what training keeps for the backward pass:

@@ -1,4 +1,12 @@
-"""How the trials share the cluster's GPUs: the device each trial was granted, how many trials one
+"""Where a study's trials run: the Ray cluster and what its resources give, and how the trials share its GPUs.
+
+The cluster. The Ray a study runs on: started or joined once per process (`init_ray`), and the defaults its
+resources give: a new study's profile (`default_profile`: full where the cluster has a GPU) and how
+many trials run at once (`slots`); the GPUs per trial come from `with_gpus`. These are
+the cluster's, not the driver's: a head without a GPU may lead GPU workers, and a GPU machine may
+be told to keep its GPUs out of Ray.
+
+The GPUs. How the trials share the cluster's GPUs: the device each trial was granted, how many trials one
 GPU fits, and the share of its memory each may take.
 
 - A trial's device is what Ray granted it (`granted_device`): "auto" is CUDA only when the trial
@@ -16,9 +24,11 @@ GPU fits, and the share of its memory each may take.
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import os
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -26,10 +36,12 @@ from tlstudy.errors import UserError
 from tlstudy.settings import DEFAULTS, StudySettings
 from tlstudy.spaces import Space
 from tlstudy.training import device as devices
-from tlstudy.training import memory
 from tlstudy.training.models import parse_repeat
 
-GiB = memory.GiB
+if TYPE_CHECKING:
+    from tlstudy.training import memory
+
+GiB = 2**30  # as tlstudy.training.memory.GiB
 CONTEXT = 0.75 * GiB  # a process's CUDA context, cuDNN and cuBLAS loaded: outside the allocator
 USABLE = 0.95  # of a GPU's memory: the driver's own, and room for a neighbour's start-up
 # More trials than this on one GPU add start-ups and contexts but no throughput: one resnet18
@@ -68,6 +80,8 @@ def trials_per_gpu(total: int, peak: int) -> int:
 def largest_trial(space: Space, settings: StudySettings, images: int, amp: str) -> tuple[memory.Estimate, str]:
     """The estimate of the study's most demanding trial, and what it is: every architecture the space
     runs, at the largest batch and repeat factors it may sample."""
+    from tlstudy.training import memory  # only where there are GPUs to share: not on a CPU study's path
+
     shared = settings.shared
 
     def values(key: str) -> list:
@@ -137,3 +151,46 @@ def with_gpus(settings: StudySettings, space: Space, images: int, say: Any = pri
         f"(--gpus-per-trial {1 / k:g}); the largest trial, {what}, is estimated at {peak.total / GiB:.1f} GiB"
     )
     return replace(settings, gpus_per_trial=1 / k)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> None:
+    """Start a Ray of its own, or join the cluster of `address` (or RAY_ADDRESS); once per process."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # "local": without it, ray.init joins any Ray already running on this machine (another
+    # user's, another study's) instead of starting this study's own. Trials' own output (the
+    # weights-fallback warning of each) only with --verbose: the progress lines say what matters.
+    kwargs: dict[str, Any] = dict(address=address or "local", include_dashboard=False, log_to_driver=verbose)
+    if not address and num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    # Ray's token authentication is fine on loopback; its warning at every start is not news.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        lambda record: "Token authentication is enabled" not in record.getMessage()
+    )
+    try:
+        ray.init(logging_level=logging.WARNING, **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
+
+
+def gpus() -> float:
+    """The GPUs of the cluster Ray runs (logical ones too: ray.init(num_gpus=...))."""
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def default_profile(gpus: float) -> str:
+    """A new study's profile: the report's protocol where the cluster has a GPU to run it."""
+    return "full" if gpus > 0 else "quick"
+
+
+def profile(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> str:
+    """The default profile of a new study on the Ray of `address` (started or joined now)."""
+    init_ray(address, num_cpus, verbose)
+    return default_profile(gpus())
+
+
+def slots(cluster: dict, resources: dict) -> int:
+    """How many trials with `resources` the cluster's resources (ray.cluster_resources()) fit at once."""
+    fits = [cluster.get(k.upper(), 0) / v for k, v in resources.items() if v]
+    return max(1, int(min(fits))) if fits else 1
