@@ -68,12 +68,12 @@ def panel(study: Any, model_path: Path, path: Path) -> tuple[bool, str]:
     from tlstudy.training import loop, metrics, modelfile, models
 
     args = study.user_attrs.get(DATA_ARGS, {})
-    sizes = args.get("phantom_sizes")
     try:
+        train, val, test_size = (int(v) for v in str(args.get("phantom_sizes", "180,100,200")).split(","))
         settings = DataSettings(
             source=str(args.get("data", "phantom")),
             image_size=int(args["image_size"]),
-            phantom_sizes=tuple(int(v) for v in str(sizes).split(",")) if sizes else (180, 100, 200),
+            phantom_sizes=(train, val, test_size),
             max_train=args.get("max_train"),
             min_val=int(args.get("min_val", DataSettings.min_val)),
             skip_bad_images=bool(args.get("skip_bad_images")),

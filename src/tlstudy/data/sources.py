@@ -58,14 +58,14 @@ def find_images(paths, classes):
     """[(file, label or None)] for `tlstudy predict`'s PATHs: a file as it is; a folder with
     subfolders named for classes (NORMAL/, PNEUMONIA/), or in the chest_xray layout (train/, val/,
     test/ with such subfolders), labelled by them; any other folder, its image files, unlabelled."""
-    out = []
+    out: list[tuple[Path, int | None]] = []
     for p in map(Path, paths):
         if p.is_file():
             out.append((p, None))
             continue
         if not p.is_dir():
             raise UserError(f"no image file or folder {p}")
-        found = []
+        found: list[tuple[Path, int | None]] = []
         for root in [p / s for s in SPLITS if (p / s).is_dir()] or [p]:
             if any((root / c).is_dir() for c in classes):
                 found += [(f, k) for k, c in enumerate(classes) if (root / c).is_dir() for f in _images_in(root / c)]

@@ -41,7 +41,7 @@ def capture(
         k: {**v, "state": None, "current": v.get("epoch") == epoch} if v.get("epoch") == epoch else dict(v)
         for k, v in best.items()
     }
-    np_state = np.random.get_state()
+    np_state: tuple = np.random.get_state(legacy=True)  # type: ignore[assignment]  # legacy: the tuple form
     return {
         "version": VERSION,
         "epoch": epoch,

@@ -89,7 +89,7 @@ def fit(config: TrialConfig, data: Splits, resume: dict | None = None) -> Iterat
     # accuracy (the tutorial's choice), and the last epoch.
     best: dict[str, dict] = {"loss": {}, "acc": {}}
     history: list[dict] = []
-    first, resumed = 1, []
+    first, resumed = 1, list[int]()
     if resume is not None:
         first, best, history, resumed = checkpoint.restore(resume, net, optimizer, scheduler, gen)
     startup_s = time.perf_counter() - t_start
