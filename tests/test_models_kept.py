@@ -130,6 +130,7 @@ def test_predict_refuses_bad_input_in_one_line(trained, tmp_path, capsys):
         ((text,), "cannot read image"),
         ((tiny,), "smaller than the model's 32 px input"),
         ((tmp_path / "nowhere",), "no image file or folder"),
+        ((XRAYS, "--cam", text), "in the way of the overlays' folder"),
     ]:
         code, out, err = run(capsys, "predict", path, *args, "--out", tmp_path / "p.csv")
         assert code == 2 and err.count("\n") == 1 and why in err, (args, err)

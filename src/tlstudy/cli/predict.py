@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     for path in args.paths:
         if not Path(path).exists():
             raise UserError(f"no image file or folder {path}")
+    if args.cam and Path(args.cam).exists() and not Path(args.cam).is_dir():
+        raise UserError(f"--cam {args.cam}: a file is in the way of the overlays' folder")
     import numpy as np
     import torch
 
@@ -67,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
     positive = classes[min(1, len(classes) - 1)]
     names = [f"class {i}" if i >= len(classes) else classes[i] for i in range(logits.shape[1])]
     labelled = all(k is not None for _, k, _ in decoded)
+    if args.cam:  # before anything is written: an input too small to have a feature map to look at
+        from tlstudy.analysis import cam
+
+        try:
+            cam.target_layer(model.cpu(), models.to_input(x[:1], repeat))
+        except ValueError as e:
+            raise UserError(f"no Grad-CAM overlays: {e}") from None
     try:
         with open(out, "w", newline="") as f:
             w = csv.writer(f)
@@ -94,11 +103,12 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     print(f"wrote {out}")
     if args.cam:
-        from tlstudy.analysis import cam
-
         folder = Path(args.cam)
         paths = [folder / (_relative(f, args.paths).with_suffix(".png")) for f, _, _ in decoded]
-        cam.write_overlays(model.cpu(), x, repeat, paths)
+        try:
+            cam.write_overlays(model.cpu(), x, repeat, paths)
+        except OSError as e:
+            raise UserError(f"cannot write the Grad-CAM overlays under {folder}: {e.strerror}") from None
         print(f"wrote {len(paths)} Grad-CAM overlays under {folder}", file=sys.stdout)
     return 0
 

@@ -28,6 +28,9 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 # Tune's legacy console reporter: at verbose=0 it prints nothing, where the new one still
 # prints its configuration box and log paths; --verbose gives its tables back.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# CheckpointConfig(num_to_keep=1) makes Tune snapshot its experiment state at every trial checkpoint
+# (one per epoch), and warn each time two come within 5 s: a local snapshot is cheap, the warning noise.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import optuna
 import ray
