@@ -55,6 +55,7 @@ def main(argv=None):
         default="study",
         help="the study's overview (history, importances, timeline) or its trial list (with the learning curves)",
     )
+    p.add_argument("--trial", type=int, help="--page trials: show this trial's page (its attributes and artifacts)")
     p.add_argument("--out", default="docs/dashboard.png")
     p.add_argument("--size", default="1280,860", help="window width,height in pixels")
     p.add_argument("--chromium", default="chromium", help="the Chromium binary")
@@ -81,6 +82,7 @@ def main(argv=None):
             raise UserError(dash.stderr.read().strip().removeprefix("error: ") or "tlstudy dashboard failed")
         wait_for_api(port, dash)
         url = line.split("open ", 1)[1].strip() + ("/trials" if args.page == "trials" else "")
+        url += f"?numbers={args.trial}" if args.page == "trials" and args.trial is not None else ""
         with tempfile.TemporaryDirectory() as tmp:
             shot = Path(tmp) / "shot.png"
             try:

@@ -141,3 +141,28 @@ def kill_group(proc):
     while survivors(proc.pid) and time.time() < deadline:
         time.sleep(0.2)
     assert not survivors(proc.pid), survivors(proc.pid)
+
+
+def train_model_file(path, data, **config):
+    """Train a trial on `data` (tlstudy.training.loop.fit) and write its model file as a study's
+    trainable does; returns (path, the last epoch's record, the header written)."""
+    from tlstudy.names import KEPT_WEIGHTS, SUMMARY
+    from tlstudy.settings import TrialConfig
+    from tlstudy.training import loop, modelfile
+
+    trial = TrialConfig(**{"arch": "resnet18", "weights": "none", "epochs": 1, "lr": 0.01, **config})
+    *_, last = loop.fit(trial, data)
+    header = modelfile.describe(trial, data.info(), last[SUMMARY])
+    modelfile.save(path, last[KEPT_WEIGHTS], header)
+    return path, last, header
+
+
+def small_model_file(path):
+    """A model file of a small torchvision network (mobilenet_v3_small, random weights)."""
+    from tlstudy.settings import TrialConfig
+    from tlstudy.training import modelfile, models
+
+    config = TrialConfig(arch="mobilenet_v3_small", weights="none")
+    model, source = models.build(config.arch, "none", 2)
+    info = dict(classes=["NORMAL", "PNEUMONIA"], image_size=32, data_source="phantom", data_fingerprint="0" * 16)
+    return modelfile.save(path, model.state_dict(), modelfile.describe(config, info, {"weights_source": source}))

@@ -9,6 +9,9 @@ POINT, a point every run of a study reaches:
 - first-complete: the searcher has told Optuna of the first COMPLETE trial;
 - round-2-complete: ... of the first COMPLETE replicate of --seeds auto's second round;
 - reporting: every trial has finished and the driver starts its exports.
+- worker-epoch-3: not the driver but a trial's worker, once: it SIGKILLs itself as it starts its
+  third epoch on its first attempt (ACTION sigkill; MARKER records its pid), as a node lost mid-trial
+  would; Tune restores the trial from its last checkpoint on a new worker, which runs to the end.
 ACTION:
 - sigint: the driver sends itself SIGINT, as Ctrl-C in its terminal would;
 - hold: the driver writes MARKER and waits there, in the middle of its work, for the test to
@@ -78,8 +81,33 @@ def install(point, action, marker):
                 stop()
 
         search.OptunaPruningSearch.on_trial_complete = tell_then_stop_in_round_2
+    elif point == "worker-epoch-3":
+        runner.trainable = dying_trainable(marker, runner.trainable)
     else:
         raise SystemExit(f"unknown point {point}")
+
+
+def dying_trainable(marker, trainable):
+    """The trainable, whose worker kills itself at its third epoch unless MARKER says it did already.
+    Defined here, in __main__, so that Ray ships it to the worker by value."""
+
+    def trainable_that_dies_once(config, data):
+        from tlstudy.training import loop
+
+        if not os.path.exists(marker):
+            train_epoch, started = loop.train_epoch, []
+
+            def train_epoch_or_die(*args, **kwargs):
+                started.append(1)
+                if len(started) == 3:
+                    Path(marker).write_text(str(os.getpid()))
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return train_epoch(*args, **kwargs)
+
+            loop.train_epoch = train_epoch_or_die
+        return trainable(config, data)
+
+    return trainable_that_dies_once
 
 
 if __name__ == "__main__":

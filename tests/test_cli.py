@@ -18,7 +18,7 @@ import pytest
 
 from tlstudy import cli, settings, spaces
 from tlstudy.analysis import export
-from tlstudy.cli import commands, parsers, submit, trial_flags
+from tlstudy.cli import command_line, commands, parsers, submit, trial_flags
 from tlstudy.errors import UserError
 from tlstudy.settings import DataSettings, TrialConfig
 from tlstudy.study import storage
@@ -68,7 +68,9 @@ def test_the_light_path_imports_nothing_heavy(tmp_path):
                      ["run", "--space", "taskE", "--epochs", "0"], ["trial", "--optimizer", "rmsprop"],
                      ["trial", "--data", "/no/such"], ["analyze", "--space", "taskE", "--results", {str(tmp_path)!r}],
                      ["dashboard", "--storage", {str(tmp_path / "missing.log")!r}],
-                     ["submit", "--space", "taskZ", "--cluster-address", "http://127.0.0.1:1"]):
+                     ["submit", "--space", "taskZ", "--cluster-address", "http://127.0.0.1:1"],
+                     ["predict", "--help"], ["export-model", "--help"], ["predict", "model.safetensors", "/no/such"],
+                     ["export-model", "--space", "taskE", "--results", {str(tmp_path)!r}]):
             try:
                 cli.main(argv)
             except SystemExit:
@@ -256,7 +258,7 @@ def test_best_config_of_a_study_from_before_train_seed():
 @pytest.mark.parametrize("argv", [["--space", "a.py"], ["--space=a.py"], ["--spa", "a.py"], ["--spac=a.py"]])
 def test_replace_option_finds_every_spelling(argv):
     parser = parsers.subparser("run")
-    out = parsers.replace_option(parser, ["--seed", "1", *argv, "--epochs", "2"], "--space", lambda v: "X/" + v)
+    out = command_line.replace_option(parser, ["--seed", "1", *argv, "--epochs", "2"], "--space", lambda v: "X/" + v)
     assert "X/a.py" in " ".join(out) and out[:2] == ["--seed", "1"] and out[-2:] == ["--epochs", "2"]
     assert parser.parse_args(out).space == "X/a.py"
 

@@ -13,9 +13,12 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
-from tlstudy.study.search import upload_learning_curve
+from tlstudy.names import CHECKPOINT_MODEL_FILE
+from tlstudy.study import keep
+from tlstudy.study.artifacts import upload_learning_curve
+from tlstudy.training import modelfile
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, small_model_file
 
 # Val-loss curves, one per trial: the third runs far above the others and the median pruner stops it.
 CURVES = [[1.0, 0.8, 0.6], [0.9, 0.7, 0.5], [2.0, 1.9, 1.8], [0.7, 0.5, 0.4], [3.0, 2.9, 2.8]]
@@ -51,6 +54,11 @@ def finished(tmp_path_factory):
 
     study.optimize(objective, n_trials=len(CURVES))
     assert {t.state for t in study.trials} == {TrialState.COMPLETE, TrialState.PRUNED}
+    # The best trial keeps its model, as the study's driver keeps it (tlstudy.study.keep).
+    checkpoint = results / "checkpoint"
+    checkpoint.mkdir()
+    small_model_file(checkpoint / CHECKPOINT_MODEL_FILE)
+    assert keep.Keeper(study, results / "artifacts", "best").trial_done(study.best_trial.number, str(checkpoint))
     return results, study
 
 
@@ -93,6 +101,7 @@ def test_dashboard_serves_the_study(finished):
         assert line.strip().endswith(f"/dashboard/studies/{study_id}")
 
         served = {t["number"]: t for t in json.loads(get(port, f"/api/studies/{study_id}"))["trials"]}
+        kept = keep.links(study)
         assert sorted(served) == [t.number for t in study.trials]
         for t in study.trials:
             s = served[t.number]
@@ -101,11 +110,22 @@ def test_dashboard_serves_the_study(finished):
             attrs = {a["key"]: a["value"] for a in s["user_attrs"]}
             assert json.loads(attrs["history"]) == json.loads(t.user_attrs["history"])
             assert attrs["node_id"] == t.user_attrs["node_id"]
-            # The learning curve: listed on the trial, and served byte for byte from the artifact store.
+            # The learning curve: listed on the trial, and served byte for byte from the artifact store;
+            # on the best trial also its model file, which reads back as the model it is.
             [meta] = get_all_artifact_meta(t, storage=study._storage)
-            assert [(a["artifact_id"], a["mimetype"]) for a in s["artifacts"]] == [(meta.artifact_id, "image/png")]
+            listed = {a["artifact_id"]: a for a in s["artifacts"]}
+            model = kept.get(t.number)
+            assert set(listed) == {meta.artifact_id, *([model["artifact_id"]] if model else [])}
+            assert listed[meta.artifact_id]["mimetype"] == "image/png"
             png = get(port, f"/artifacts/{study_id}/{s['trial_id']}/{meta.artifact_id}")
             assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (results / "artifacts" / meta.artifact_id).read_bytes()
+            if model:
+                assert listed[model["artifact_id"]]["filename"] == f"model_trial{t.number}.safetensors"
+                body = get(port, f"/artifacts/{study_id}/{s['trial_id']}/{model['artifact_id']}")
+                (results / "served.safetensors").write_bytes(body)
+                header = modelfile.read(results / "served.safetensors")[0]
+                assert header["study"] == "taskE" and header["trial"] == t.number
+        assert list(kept) == [study.best_trial.number]
         assert {s["state"] for s in served.values()} == {"Complete", "Pruned"}
     finally:
         os.kill(proc.pid, signal.SIGTERM)

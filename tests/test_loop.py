@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.models import get_model
 
 from tlstudy import cli
 from tlstudy.data import phantom
 from tlstudy.data.splits import Splits
 from tlstudy.errors import UserError
-from tlstudy.names import BEST_VAL_LOSS, EPOCH_KEYS, PREDICTIONS, SUMMARY, TEST_BEST_ACC
+from tlstudy.names import BEST_VAL_LOSS, EPOCH_KEYS, KEPT_WEIGHTS, PREDICTIONS, RESUME_STATE, SUMMARY, TEST_BEST_ACC
 from tlstudy.settings import TrialConfig
 from tlstudy.training import loop, models
 from tlstudy.training.models import IMAGENET_MEAN, IMAGENET_STD, to_input
@@ -127,8 +128,11 @@ def test_frozen_trial_trains_the_head_and_keeps_the_backbone(phantom32, monkeypa
 
 def test_records_carry_the_result_keys(phantom32):
     """What fit yields is named as tlstudy.names says, which the searcher and the exports read."""
-    epochs = run(dict(weights="none", mode="frozen", epochs=1, batch_size=64), phantom32)
-    assert set(epochs[-1]) == {*EPOCH_KEYS, SUMMARY}
+    epochs = run(dict(weights="none", mode="frozen", epochs=2, batch_size=64), phantom32)
+    assert set(epochs[0]) == {*EPOCH_KEYS, RESUME_STATE}  # the state to resume from after epoch 1
+    assert set(epochs[-1]) == {*EPOCH_KEYS, SUMMARY, KEPT_WEIGHTS}  # the model file's weights
+    # A frozen trial trains its head on cached features: the kept weights are the whole network's.
+    assert set(epochs[-1][KEPT_WEIGHTS]) == set(get_model("resnet18").state_dict())
     assert {BEST_VAL_LOSS, TEST_BEST_ACC, PREDICTIONS} <= set(epochs[-1][SUMMARY])
 
 

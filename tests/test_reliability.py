@@ -251,3 +251,55 @@ def test_processes_opening_a_new_sqlite_storage_at_once_all_succeed(tmp_path):
             p.join(timeout=60)
         assert optuna.get_all_study_summaries(url) == []
     assert outcomes == ["ok"] * 18, [o for o in outcomes if o != "ok"]
+
+
+ONE_TRIAL = SMALL_SPACE.replace(
+    "CELLS = [dict(out_features=2), dict(out_features=3)]", "CELLS = [dict(out_features=2)]"
+)
+
+
+def test_a_trial_whose_worker_dies_in_epoch_3_continues_there_with_the_same_val_losses(tmp_path):
+    """The trial's worker SIGKILLs itself as its third epoch starts (tests/stopping_driver.py, first
+    attempt only): Tune restores it from its epoch-2 checkpoint on a new worker, Optuna hears each
+    epoch once, and the val losses are bit for bit those of the same trial run uninterrupted."""
+    import torch
+
+    from tlstudy.settings import TrialConfig
+    from tlstudy.training import loop
+
+    from conftest import load_data
+
+    write_space(tmp_path, "one", ONE_TRIAL)
+    results, marker = tmp_path / "results", tmp_path / "died"
+    tiny = [*TINY[:-1], "5"]  # 5 epochs (StepLR drops after 3: the schedule's state is resumed too)
+    args = ["--space", "one", "--results", str(results), *tiny, *FAST, "--budget", "1", "--seeds", "0"]
+    driver = [sys.executable, str(ROOT / "tests" / "stopping_driver.py"), "worker-epoch-3", "sigkill", str(marker)]
+    run_to_end(
+        tmp_path,
+        lambda log: subprocess.Popen(
+            [*driver, "--", *args], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        ),
+    )
+    out = (tmp_path / "driver.log").read_text()
+    assert marker.exists(), out[-3000:]  # the worker did die
+    assert "#0: its worker died after epoch 2; Tune restarts it from its last checkpoint (retry 1 of 1" in out
+    [t] = load(results, "one").trials
+    assert t.state == TrialState.COMPLETE, t.user_attrs.get("fail_reason")
+    assert t.user_attrs["resumed_at"] == [3]  # not 1: the new worker started from epoch 2's state
+    history = json.loads(t.user_attrs["history"])
+    assert [e["epoch"] for e in history] == sorted(t.intermediate_values) == [1, 2, 3, 4, 5]
+
+    # The same trial uninterrupted, in this process, on one thread as the 1-CPU trial ran.
+    config = TrialConfig(**{**load(results, "one").user_attrs["base_config"], **t.params, "train_seed": 0})
+    data = load_data("phantom", 16, phantom_sizes=(48, 40, 40), max_train=48)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        uninterrupted = [rec["val_loss"] for rec in loop.fit(config, data)]
+    finally:
+        torch.set_num_threads(threads)
+    assert [e["val_loss"] for e in history] == uninterrupted
+    assert [t.intermediate_values[e] for e in range(1, 6)] == uninterrupted
+    # Its checkpoints went with it; the study's best model stays, as a model file.
+    assert not list((results / "ray").glob("**/checkpoint_*"))
+    assert len(list((results / "artifacts").iterdir())) == 2  # its learning curve and its model

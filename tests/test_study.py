@@ -17,8 +17,10 @@ from tlstudy import cli, spaces
 from tlstudy.analysis import claims as tlclaims
 from tlstudy.errors import UserError
 from tlstudy.settings import PROTOCOL
+from tlstudy.study import keep
+from tlstudy.training import modelfile
 
-from conftest import ROOT, SMALL_SPACE, TINY
+from conftest import ROOT, SMALL_SPACE, TINY, XRAYS
 from conftest import load_study as load
 
 
@@ -105,6 +107,37 @@ def test_every_cell_gets_its_budget_then_replicates_that_differ_only_in_their_se
     # resnet18 has no V2 weights: the space fixes V1 and no trial ever saw anything else.
     trials = pd.read_csv(taske / "taskE" / "trials.csv")
     assert set(trials.weights) == {"IMAGENET1K_V1"} and set(trials.arch) == {"resnet18"}
+
+
+def test_the_study_keeps_its_best_model_and_no_checkpoint(taske, tmp_path, capsys):
+    study = load(taske, "taskE")
+    kept = keep.links(study)
+    best = json.loads((taske / "taskE" / "best_config.json").read_text())
+    assert list(kept) == [best["trial"]]  # --keep-models best: the best replicate by val loss, alone
+    model = taske / "artifacts" / kept[best["trial"]]["artifact_id"]
+    header = modelfile.read(model)[0]
+    assert (header["study"], header["trial"], header["phase"]) == ("taskE", best["trial"], "replicate")
+    assert header["image_size"] == 16 and header["best_val_loss"] == best["best_val_loss"]
+    assert header["eval_repeat"] == best["config"]["eval_repeat"] and header["arch"] == "resnet18"
+    assert not list((taske / "ray").glob("**/checkpoint_*"))  # every trial's checkpoints went with it
+    trials = pd.read_csv(taske / "taskE" / "trials.csv")
+    assert trials.kept_model.dropna().tolist() == [model.name]
+    report = (taske / "taskE" / "REPORT.md").read_text()
+    assert "## Kept models" in report and f"tlstudy predict {model}" in report
+    assert "![Grad-CAM of the best model on test images](cam_panel.png)" in report
+    assert (taske / "taskE" / "cam_panel.png").stat().st_size > 5000
+
+    out = tmp_path / "best.safetensors"
+    assert cli.main(["export-model", "--space", "taskE", "--results", str(taske), "--out", str(out)]) == 0
+    assert out.read_bytes() == model.read_bytes()
+    capsys.readouterr()
+    other = next(t.number for t in study.trials if t.number != best["trial"])
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export-model", "--space", "taskE", "--results", str(taske), "--trial", str(other)])
+    assert e.value.code == 2 and f"trial {other}) kept no model" in capsys.readouterr().err
+    # The kept model on the 16 real X-rays: a row per image (it was trained on 16 px phantoms).
+    assert cli.main(["predict", str(out), str(XRAYS), "--out", str(tmp_path / "p.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 16
 
 
 def test_study_reopens_in_another_process(taske):
@@ -294,6 +327,8 @@ def test_resume_after_interrupt_repeats_no_finished_trial_and_finishes_the_phase
         "1",
         "--pruner",
         "none",
+        "--keep-models",
+        "cells",
     ]
     # Ctrl-C from inside the driver, right after it has told Optuna of the first COMPLETE trial.
     proc = subprocess.Popen(
@@ -338,6 +373,9 @@ def test_resume_after_interrupt_repeats_no_finished_trial_and_finishes_the_phase
             ("replicate", 1),
             ("search", 0),
         ]
+    # --keep-models cells: each cell's replicate keeps its model, over both runs.
+    replicates = {t.number for t in done if t.user_attrs["phase"] == "replicate"}
+    assert set(keep.links(load(results, "small"))) == replicates and len(replicates) == 2
 
 
 def _killpg(pid):

@@ -7,7 +7,9 @@ says which internal moved:
   searcher's on_trial_result when the scheduler stops a trial (the pruning path);
 - TPE reads a study's trials through `_get_trials` (tlstudy.study.design.CellView filters it);
 - RDBStorage._get_stale_trial_ids gives the RUNNING trials unbeaten for the grace period
-  (tlstudy.study.storage.resolve_abandoned).
+  (tlstudy.study.storage.resolve_abandoned);
+- a trial's latest checkpoint is its `checkpoint` when the scheduler hears it completed, and a trial
+  whose worker died restarts from it (tlstudy.study.trainable, the kept models).
 """
 
 import math
@@ -132,6 +134,62 @@ def test_tune_asks_the_scheduler_first_and_skips_the_searcher_on_stop(tmp_path, 
         ("scheduler.on_trial_error", True),
         ("searcher.on_trial_complete", True),
     ]
+
+
+class CheckpointScheduler(FIFOScheduler):
+    """Reads, when Tune says a trial completed, what its latest checkpoint holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.final = None
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        self.final = (Path(trial.checkpoint.path) / "step").read_text()
+        super().on_trial_complete(tune_controller, trial, result)
+
+
+def test_a_restored_trial_gets_its_last_checkpoint_and_the_last_one_is_there_at_completion(tmp_path, ray_local):
+    """The Tune behaviour tlstudy.study.trainable and the searcher rely on: a checkpoint reported
+    with a result is the trial's `checkpoint` by the time the scheduler hears the trial completed
+    (the model file is read there); after its worker died, the trial runs again on a new worker,
+    whose tune.get_checkpoint() is the last one reported (FailureConfig); CheckpointConfig's
+    num_to_keep=1 leaves one checkpoint folder."""
+    import os
+    import signal
+    import tempfile
+
+    died = tmp_path / "died"
+
+    def three_steps(config):  # defined here, so that Ray ships it by value to its workers
+        start = 1
+        if (restored := tune.get_checkpoint()) is not None:
+            with restored.as_directory() as folder:
+                start = int((Path(folder) / "step").read_text()) + 1
+        for step in range(start, 4):
+            if step == 3 and not died.exists():
+                died.write_text(str(start))
+                os.kill(os.getpid(), signal.SIGKILL)
+            with tempfile.TemporaryDirectory() as folder:
+                (Path(folder) / "step").write_text(str(step))
+                tune.report(
+                    {"step": step, "loss": 1 / step, "start": start}, checkpoint=tune.Checkpoint.from_directory(folder)
+                )
+
+    scheduler = CheckpointScheduler()
+    tuner = tune.Tuner(
+        three_steps,
+        tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=1, metric="loss", mode="min"),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path / "ray"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    [result] = tuner.fit()
+    assert died.read_text() == "1" and result.metrics["start"] == 3  # the second worker began at step 3
+    assert scheduler.final == "3"
+    assert len(list((tmp_path / "ray").glob("**/checkpoint_*"))) == 1
 
 
 def test_tpe_samples_each_cell_from_its_own_trials():

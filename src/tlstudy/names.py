@@ -24,6 +24,13 @@ RANDOM_FALLBACK = "random-fallback"  # a pretrained file was missing: a random i
 SUMMARY_BEST_VAL_LOSS = SUMMARY_PREFIX + BEST_VAL_LOSS
 SUMMARY_TEST_BEST_ACC = SUMMARY_PREFIX + TEST_BEST_ACC
 SUMMARY_PREDICTIONS = SUMMARY_PREFIX + PREDICTIONS
+RESUMED_AT = "resumed_at"  # the epochs a trial continued from after its worker died (a summary key)
+
+# Beside the metrics, not reported: the state after an epoch (for its Ray Tune checkpoint), and at the
+# last epoch the best-val-loss weights (the trial's model file); the trainable takes both out.
+RESUME_STATE = "resume_state"
+KEPT_WEIGHTS = "kept_weights"
+TRIAL_ERROR = "trial_error"  # an exception in the trial, reported as its last result (not retried)
 
 # Test checkpoints: the result-key tag (test_<tag>_acc) and the predictions' name for each.
 CHECKPOINTS = {"best": "best_loss", "bestacc": "best_acc", "final": "final"}
@@ -61,3 +68,7 @@ ROUNDS = "rounds"  # --seeds auto: the plan of looks, each look's level, verdict
 PREDICTIONS_FILE = "predictions_trial{number}.csv"
 LEARNING_CURVE_FILE = "learning_curve_trial{number}.png"
 PREDICTION_FIELDS = ["checkpoint", "image_id", "label", "pred", "score"]
+KEPT_MODEL = "kept_model"  # trials.csv: the artifact id of the trial's kept model file
+MODEL_FILE = "model_trial{number}.safetensors"  # a kept model, linked on its trial's dashboard page
+TRIAL_STATE_FILE = "trial_state.pt"  # in a trial's Ray Tune checkpoint: what it resumes from
+CHECKPOINT_MODEL_FILE = "model.safetensors"  # in a trial's last checkpoint: its best-val-loss weights

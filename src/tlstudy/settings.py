@@ -241,6 +241,8 @@ class StudySettings:
     new_study: bool = False
     heartbeat: int = 10
     max_retries: int = 1
+    trial_retries: int = 1  # restarts of a trial whose worker died, from its last epoch's checkpoint
+    keep_models: str = "best"  # which COMPLETE trials keep their model: best, cells, all, none
     allow_failures: bool = False
     margin: float = 0.02
     alpha: float = 0.05

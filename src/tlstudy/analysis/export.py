@@ -22,8 +22,9 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all
 from optuna.trial import FrozenTrial, TrialState
 
 from tlstudy.errors import UserError
-from tlstudy.names import BASE_CONFIG, CELL, HISTORY, PHASE, PREDICTION_FIELDS, REPLICATE, TEST_BEST_ACC, TRAIN_SEED
+from tlstudy.names import BASE_CONFIG, CELL, HISTORY, KEPT_MODEL, PHASE, PREDICTION_FIELDS, TEST_BEST_ACC, TRAIN_SEED
 from tlstudy.settings import DEFAULTS
+from tlstudy.study import keep
 
 
 def trials_frame(study: Any, fixed: dict | None = None) -> pd.DataFrame:
@@ -31,6 +32,7 @@ def trials_frame(study: Any, fixed: dict | None = None) -> pd.DataFrame:
     (the study's base_config: epochs, frozen_bn, ...; and the space's fixed ones), its parameters
     and its user attributes."""
     shared = {**study.user_attrs.get(BASE_CONFIG, {}), **(fixed or {})}
+    models = keep.links(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = {k: v for k, v in t.user_attrs.items() if k != HISTORY}
@@ -47,6 +49,7 @@ def trials_frame(study: Any, fixed: dict | None = None) -> pd.DataFrame:
                 **shared,
                 **t.params,
                 **attrs,
+                KEPT_MODEL: models.get(t.number, {}).get("artifact_id"),  # its file in the artifact store
             }
         )
     return pd.DataFrame(rows)
@@ -101,9 +104,7 @@ def epochs_frame(study: Any) -> pd.DataFrame:
 def best_trial(study: Any) -> FrozenTrial | None:
     """The COMPLETE replicate with the lowest val loss (replicates carry the test figures), or in a
     study without replicates the COMPLETE trial with the lowest val loss; never chosen on test."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    done = [t for t in done if t.user_attrs.get(PHASE) == REPLICATE] or done
-    return min(done, key=lambda t: t.value) if done else None
+    return keep.best_of(study.get_trials(deepcopy=False))  # the model --keep-models best keeps
 
 
 # The data settings best_config's command carries, as `tlstudy trial` flags; data_args may hold them.

@@ -27,6 +27,7 @@ class Page:
     def __init__(self, studies, space, tasks, per_trial, margin, alpha):
         self.studies, self.space, self.tasks, self.per_trial = studies, space, tasks, per_trial
         self.margin, self.alpha = margin, alpha
+        self.kept: list[str] = []  # the kept models' section (tlstudy.analysis.kept), when there is one study
 
     def render(self, shown, rows, arch_table, rebuilt, beside, work, judged, imp, imp_note):
         lines = self.header() + self.design(rows)
@@ -85,7 +86,7 @@ class Page:
             markdown(imp) if len(imp) else imp_note,
             "",
         ]
-        lines += self.best()
+        lines += self.best() + self.kept
         lines += [
             "## Plots",
             "",

@@ -18,7 +18,7 @@ import pandas as pd
 
 from tlstudy import spaces
 from tlstudy.analysis import claims as tlclaims
-from tlstudy.analysis import export, plots, reference, sequential, tables
+from tlstudy.analysis import export, kept, plots, reference, sequential, tables
 from tlstudy.analysis.page import Page
 from tlstudy.analysis.tables import markdown
 from tlstudy.errors import UserError
@@ -35,6 +35,7 @@ from tlstudy.names import (
     WEIGHTS_SOURCE,
 )
 from tlstudy.settings import StudySettings
+from tlstudy.study import keep
 from tlstudy.study.storage import display_url, open_storage
 
 REPORT_TASKS = ("taskA", "taskB", "taskC", "taskE")
@@ -193,6 +194,8 @@ def write_report(
         plots.show_your_work(work, paths["expected_best"])
         plots.forest(judged, paths["forest"])
         page = Page(studies, space, tasks, per_trial, margin, alpha)
+        if not space.compare:  # the kept models, their commands and the best one's Grad-CAM panel
+            page.kept = kept.section(studies[0], space.name, out, artifacts)
         paths["report"].write_text(page.render(shown, rows, arch_table, rebuilt, beside, work, judged, imp, imp_note))
     except OSError as e:
         raise UserError(f"cannot write the analysis to {out}: {e.strerror}") from None
@@ -220,6 +223,10 @@ def report_run(study: Any, space: spaces.Space, settings: StudySettings, trials:
         print(written["table"])
         print(f"report: {written['report']}")
     print("exports: " + ", ".join(str(p) for p in paths.values()))
+    models = keep.links(study)
+    if models:
+        files = ", ".join(f"{results / 'artifacts' / m['artifact_id']} (trial {n})" for n, m in sorted(models.items()))
+        print(f"kept models: {files}; use one: tlstudy predict FILE IMAGES (tlstudy export-model copies one out)")
     print(f"browse: optuna-dashboard {display_url(settings.storage)} --artifact-dir {results / 'artifacts'}")
 
 

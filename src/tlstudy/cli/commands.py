@@ -1,6 +1,7 @@
 """The `tlstudy` command: the checks of the user's arguments, the settings they resolve to, the dispatch.
 
-`tlstudy run | trial | analyze | dashboard | submit` (and study/*.py, thin wrappers). Arguments first,
+`tlstudy run | trial | analyze | dashboard | submit | predict | export-model` (and study/*.py, thin
+wrappers). Arguments first,
 heavy imports after: this module and its imports load neither torch nor Ray, so `--help` and a user's
 mistake answer at once. A study's settings are resolved here, once (tlstudy.settings.resolve_study),
 and compared with its stored study before torch or Ray load: a refused rerun answers in about a
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from tlstudy import spaces
-from tlstudy.cli.parsers import build_parser, command_line, subparser
+from tlstudy.cli.command_line import command_line
+from tlstudy.cli.parsers import build_parser, subparser
 from tlstudy.errors import UserError
 from tlstudy.names import PROFILE, ROUNDS, SPACE_SUMMARY
-from tlstudy.settings import PROTOCOL, StudySettings, resolve_study
+from tlstudy.settings import StudySettings, resolve_study
 from tlstudy.study import storage
 
 
@@ -131,41 +133,6 @@ def study_settings(path: Path, flags: dict[str, Any]) -> tuple[StudySettings, sp
     return settings, space
 
 
-def show_config(settings: StudySettings, space: spaces.Space) -> None:
-    """--show-config: what `tlstudy run` would run."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    print(f"space {space.name} ({space.path}): {space.description}")
-    print(f"profile {settings.profile}: " + ", ".join(f"{k}={v}" for k, v in settings.profile_values().items()))
-    more = (
-        f", then rounds of more to the cells of undecided claims (--seeds auto: looks at {settings.looks} seeds)"
-        if settings.auto_seeds
-        else ""
-    )
-    print(
-        f"budget: {settings.budget} search trials per cell (the first runs the protocol), then {settings.seeds} "
-        f"replicates of each cell's best (training seeds 1..{settings.seeds}){more}; pruner {settings.pruner}, "
-        "within a cell"
-    )
-    print(f"fixed: {settings.shared}")
-    print(f"protocol: {PROTOCOL}")
-    print("searched (as Optuna distributions):")
-    for k, d in OptunaSearch.convert_search_space(space.param_space).items():
-        print(f"  {k}: {d}")
-    print(f"cells ({len(space.cells)}):")
-    for cell in space.cells:
-        print(f"  {cell.label()}")
-    print(
-        f"data: {settings.data.source} (data seed {settings.data.seed}); storage: "
-        f"{storage.display_url(settings.storage)}"
-    )
-    gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else "from the cluster at its start"
-    print(
-        f"resources: cpus per trial {settings.cpus_per_trial}, gpus per trial {gpus}, "
-        f"at most {settings.max_concurrent or 'as many trials as fit'} at once"
-    )
-
-
 # ---------------------------------------------------------------- the commands
 
 
@@ -200,6 +167,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
         return max(codes + [report.report_compared(spaces.load(path), runs[0][0])])
     settings, space = study_settings(path, flags)
     if args.show_config:
+        from tlstudy.cli.show_config import show_config
+
         show_config(settings, space or spaces.load(path))
         return 0
     return _run_one(settings, space or spaces.load(path))
@@ -308,4 +277,23 @@ def submit(args: argparse.Namespace, run_argv: list[str]) -> int:
     return exit_code(job.submit(args, run_parser, run_argv, run_args))
 
 
-HANDLERS = {"run": run, "trial": trial, "analyze": analyze, "dashboard": dashboard}
+def predict(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    from tlstudy.cli import predict as command
+
+    return command.run(args)
+
+
+def export_model(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    from tlstudy.cli import export_model as command
+
+    return command.run(args)
+
+
+HANDLERS = {
+    "run": run,
+    "trial": trial,
+    "analyze": analyze,
+    "dashboard": dashboard,
+    "predict": predict,
+    "export-model": export_model,
+}

@@ -1,14 +1,13 @@
-"""The `tlstudy` parsers (`build_parser`, `subparser`), the argument types that refuse a bad value,
-and the rewriting of a command line (`replace_option`; `command_line`, its storage password hidden).
-`tlstudy trial`'s and `tlstudy submit`'s flags live with them (cli/trial_flags.py, cli/submit.py) and
-load only for them. No torch, Ray or Optuna here: `--help` answers at once."""
+"""The `tlstudy` parsers (`build_parser`, `subparser`) and the argument types that refuse a bad value.
+`tlstudy trial`'s, `tlstudy submit`'s, `tlstudy predict`'s and `tlstudy export-model`'s flags live with
+them (cli/trial_flags.py, cli/submit.py, cli/predict.py, cli/export_model.py) and load only for them;
+the rewriting of a command line is cli/command_line.py. No torch, Ray or Optuna here: `--help`
+answers at once."""
 
 import argparse
-import shlex
 import textwrap
 
 from tlstudy.settings import AUTO_MAX_SEEDS, CHOICES, DEFAULTS, PROFILES, PRUNERS
-from tlstudy.study.storage import display_url
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -179,6 +178,19 @@ def add_run_flags(p):
     )
     g.add_argument("--max-retries", type=count, default=1, help="run the cells of failed trials again up to N times")
     g.add_argument(
+        "--trial-retries",
+        type=count,
+        default=1,
+        help="restart a trial whose worker died up to N times, from its last epoch's checkpoint",
+    )
+    g.add_argument(
+        "--keep-models",
+        choices=("best", "cells", "all", "none"),
+        default="best",
+        help="which COMPLETE trials keep their best-val-loss model: the study's best (by val loss), "
+        "each cell's best, all, or none",
+    )
+    g.add_argument(
         "--allow-failures",
         action="store_true",
         help="a cell that ends without a COMPLETE trial is a warning, not exit status 1",
@@ -260,6 +272,18 @@ def add_dashboard_flags(p):
     p.add_argument("--port", type=int, default=8080, help="the port to serve on")
 
 
+def add_predict_flags(p):
+    from tlstudy.cli import predict  # its flags load only for it (or for --help)
+
+    predict.add_flags(p)
+
+
+def add_export_model_flags(p):
+    from tlstudy.cli import export_model
+
+    export_model.add_flags(p)
+
+
 def add_submit_flags(p):
     from tlstudy.cli import submit  # tlstudy submit's flags load only for it (or for --help)
 
@@ -272,42 +296,11 @@ COMMANDS = {
     "analyze": (add_analyze_flags, "Rebuild the report's tables, statistics, claims and plots from a stored study"),
     "dashboard": (add_dashboard_flags, "Browse a study in optuna-dashboard"),
     "submit": (add_submit_flags, "Run a study on a Ray cluster through Ray's job system"),
+    "predict": (add_predict_flags, "Score images with a kept model, with Grad-CAM overlays on request"),
+    "export-model": (add_export_model_flags, "Write a study's kept model (its best, a trial's or a cell's) to a file"),
 }
 
 
 def subparser(name):
     """The parser of one command (`tlstudy NAME`)."""
     return parsers(name)[1][name]
-
-
-def option_at(parser, token):
-    """The long option a command-line token names for `parser` (argparse's unique prefixes
-    included), and its inline =value or None; (None, None) for anything else."""
-    if not token.startswith("--"):
-        return None, None
-    name, eq, value = token.partition("=")
-    # Private, for want of a public way: argparse lists a parser's option strings nowhere else.
-    longs = [o for o in parser._option_string_actions if o.startswith("--")]
-    hits = [name] if name in longs else [o for o in longs if o.startswith(name)]
-    return (hits[0], value if eq else None) if len(hits) == 1 else (None, None)
-
-
-def replace_option(parser, argv, option, change):
-    """argv with every value of `option` (--opt X, --opt=X, or an abbreviation) replaced by change(X)."""
-    out, i = [], 0
-    while i < len(argv):
-        name, inline = option_at(parser, argv[i])
-        if name == option and inline is not None:
-            out.append(f"{argv[i].partition('=')[0]}={change(inline)}")
-        elif name == option and i + 1 < len(argv):
-            out += [argv[i], change(argv[i + 1])]
-            i += 1
-        else:
-            out.append(argv[i])
-        i += 1
-    return out
-
-
-def command_line(prog, parser, argv):
-    """The command that re-runs this one, quoted, with the storage URL's password hidden."""
-    return f"{prog} " + shlex.join(replace_option(parser, argv, "--storage", display_url))

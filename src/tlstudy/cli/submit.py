@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tlstudy import spaces
 from tlstudy.cli import parsers
-from tlstudy.cli.parsers import replace_option
+from tlstudy.cli.command_line import replace_option
 from tlstudy.errors import UserError
 from tlstudy.study.storage import display_url, password
 

@@ -36,10 +36,15 @@ def read(path: Path, image_size: int, skip_bad_images: bool) -> dict:
     raise UserError(f"{path} is neither a folder nor a .npz file")
 
 
-def read_image(path, size, skip_bad=False):
-    """One image file as a uint8 size x size array (one channel), or None when unreadable and skip_bad."""
+def read_image(path, size, skip_bad=False, min_side=0):
+    """One image file as a uint8 size x size array (one channel), or None when unreadable and skip_bad.
+    An image whose shorter side is below min_side is refused (`tlstudy predict`: no upsampling)."""
     try:
         with Image.open(path) as img:
+            if min(img.size) < min_side:
+                raise UserError(
+                    f"image {path} is {img.size[0]} x {img.size[1]} px, smaller than the model's {min_side} px input"
+                )
             # JPEG draft mode decodes at a reduced scale: most of the speed-up on 2000 px X-rays.
             img.draft("L", (size, size))
             return np.asarray(img.convert("L").resize((size, size), Image.Resampling.BILINEAR))
@@ -47,6 +52,39 @@ def read_image(path, size, skip_bad=False):
         if skip_bad:
             return None
         raise UserError(f"cannot read image {path} ({e}); remove or replace it, or pass --skip-bad-images") from None
+
+
+def find_images(paths, classes):
+    """[(file, label or None)] for `tlstudy predict`'s PATHs: a file as it is; a folder with
+    subfolders named for classes (NORMAL/, PNEUMONIA/), or in the chest_xray layout (train/, val/,
+    test/ with such subfolders), labelled by them; any other folder, its image files, unlabelled."""
+    out: list[tuple[Path, int | None]] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            out.append((p, None))
+            continue
+        if not p.is_dir():
+            raise UserError(f"no image file or folder {p}")
+        found: list[tuple[Path, int | None]] = []
+        for root in [p / s for s in SPLITS if (p / s).is_dir()] or [p]:
+            if any((root / c).is_dir() for c in classes):
+                found += [(f, k) for k, c in enumerate(classes) if (root / c).is_dir() for f in _images_in(root / c)]
+            else:
+                found += [(f, None) for f in _images_in(root)]
+        if not found:
+            raise UserError(
+                f"folder {p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}), nor {'/, '.join(classes)}/ "
+                "subfolders holding some"
+            )
+        out += found
+    return out
+
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
+
+
+def _images_in(folder):
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _image_folder(root, size, skip_bad):

@@ -4,14 +4,16 @@ Orchestration lives here and only here, in `run_study`: load the data once in th
 them through Ray's object store), open the Optuna study (tlstudy.study.storage: refused when run with
 other data or settings), fail what a dead driver left RUNNING, then run what the design still needs
 (tlstudy.study.design) with a Tuner whose searcher and scheduler are tlstudy.study.search's; each
-trial is tlstudy.training.loop.fit in `trainable`. Failed trials run again up to --max-retries times.
+trial is tlstudy.training.loop.fit in tlstudy.study.trainable, checkpointed every epoch: a trial whose
+worker died continues from its last epoch (--trial-retries), and a finished trial's checkpoints are
+deleted, its model kept per --keep-models (tlstudy.study.keep). Failed trials' cells run again up to
+--max-retries times.
 Rerunning the same command continues the study. The exports and report follow (tlstudy.analysis).
 """
 
 # ruff: noqa: E402 (Ray reads the two variables below when it is imported)
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
@@ -26,42 +28,28 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 # Tune's legacy console reporter: at verbose=0 it prints nothing, where the new one still
 # prints its configuration box and log paths; --verbose gives its tables back.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# CheckpointConfig(num_to_keep=1) makes Tune snapshot its experiment state at every trial checkpoint
+# (one per epoch), and warn each time two come within 5 s: a local snapshot is cheap, the warning noise.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import optuna
 import ray
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 from ray import tune
 
 from tlstudy import names
 from tlstudy.data import splits as data_splits
-from tlstudy.settings import StudySettings, TrialConfig, fingerprint
+from tlstudy.settings import StudySettings, fingerprint
 from tlstudy.spaces import Space
-from tlstudy.study import design, placement, storage
+from tlstudy.study import artifacts, design, keep, placement, storage
+from tlstudy.study.console import EpochLines, Progress, Recoveries, say
 from tlstudy.study.search import OptunaPruningScheduler, OptunaPruningSearch
-from tlstudy.training import device as devices
+from tlstudy.study.trainable import trainable
 from tlstudy.training import models
-from tlstudy.training.loop import fit
 
-say = functools.partial(print, flush=True)  # a line now: a study's console is followed live
 # The speed measurement of spaces whose cells differ in architecture (measure_speed).
 THROUGHPUT_STEPS, THROUGHPUT_RUNS = 5, 5
-
-
-def trainable(config: dict, data: data_splits.Splits) -> None:
-    """The Ray Tune function trainable: tlstudy.training.loop.fit on its config, on the device Ray
-    granted it (tlstudy.study.placement), reported every epoch."""
-    node_id = ray.get_runtime_context().get_node_id()
-    cfg = TrialConfig.of({**config, "device": placement.granted_device(config.get("device", "auto"))})
-    device, share = torch.device(cfg.device), placement.granted_share()
-    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 1
-    with devices.memory_cap(device, placement.memory_fraction(share, total)):
-        records = fit(cfg, data)
-        try:
-            for rec in records:
-                tune.report({**rec, names.NODE_ID: node_id})
-        finally:
-            records.close()  # a stopped trial's tensors go before its cache is handed back
 
 
 Judge = Callable[[optuna.Study, design.Seeds], "design.Seeds | None"]
@@ -104,7 +92,8 @@ def run_study(settings: StudySettings, space: Space, judge: Judge | None = None)
             "seeds": settings.seeds,
             "max_seeds": settings.max_seeds,
             "pruner": settings.pruner,
-        },  # fmt: skip
+            "keep_models": settings.keep_models,
+        },
     }
     for k, v in attrs.items():
         study.set_user_attr(k, v)
@@ -125,6 +114,8 @@ def run_study(settings: StudySettings, space: Space, judge: Judge | None = None)
     abandoned = storage.resolve_abandoned(study, store)
     if abandoned:
         print(f"resume: {abandoned} trials a stopped driver left RUNNING were marked FAIL; their cells run again")
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # no other driver runs trials now
+        artifacts.drop_checkpoints(results.resolve() / "ray" / space.name)  # a killed driver's trials' states
     first = len(study.trials)
     targets: design.Seeds = design.seed_targets(study, space.cells, settings.seeds)
     while True:
@@ -175,8 +166,8 @@ def run_trials(
     targets: design.Seeds,
 ) -> None:
     """Run up to n_trials trials of the study's design under Ray Tune (settings.gpus_per_trial resolved)."""
-    artifacts = (Path(settings.results) / "artifacts").resolve()
-    artifacts.mkdir(parents=True, exist_ok=True)
+    artifacts_dir = (Path(settings.results) / "artifacts").resolve()
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
     searcher = OptunaPruningSearch(
         space=None,
         metric=names.METRIC,
@@ -185,15 +176,19 @@ def run_trials(
         study_name=study.study_name,
         sampler=study.sampler,
         pruner=design.make_pruner(settings.pruner, settings.shared["epochs"]),
-        artifact_dir=artifacts,
+        artifact_dir=artifacts_dir,
         plan=(space.cells, settings.budget, targets, settings.looks),
         test_images=(splits.ids["test"], splits.y["test"].tolist()),
         progress=Progress(n_trials, study.get_trials(deepcopy=False)),
+        keeper=keep.Keeper(study, artifacts_dir, settings.keep_models),
     )
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial or 0.0}
     # With a searcher, Tune keeps one trial pending at a time unless concurrency is bounded:
     # the second slot's worker would start only once the first trial runs (12 s later here).
     max_concurrent = settings.max_concurrent or placement.slots(ray.cluster_resources(), resources)
+    experiment = (
+        Path(settings.results).resolve() / "ray" / space.name / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
         param_space={**settings.shared, **space.param_space},
@@ -205,17 +200,21 @@ def run_trials(
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str((Path(settings.results) / "ray" / space.name).resolve()),
-            callbacks=[EpochLines()] if settings.verbose else [],
+            name=experiment.name,
+            storage_path=str(experiment.parent),
+            callbacks=[Recoveries(searcher, settings.trial_retries), *([EpochLines()] if settings.verbose else [])],
             verbose=1 if settings.verbose else 0,
-            failure_config=tune.FailureConfig(max_failures=0),
+            # A trial whose worker died continues from its last epoch's checkpoint, up to N times;
+            # an exception in a trial is its result, not retried (tlstudy.study.trainable).
+            failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
     try:
         tuner.fit()
     finally:
         searcher.fail_unfinished("interrupted before its last epoch")
+        artifacts.drop_checkpoints(experiment)  # what an interrupted trial left
 
 
 def placed(settings: StudySettings, space: Space, splits: data_splits.Splits) -> StudySettings:
@@ -275,56 +274,3 @@ def print_failures(study: optuna.Study, first: int) -> None:
         reasons.setdefault(reason[-1][:160] if reason else "", []).append(t.number)
     for reason, numbers in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
         print(f"  {len(numbers)} x {reason}  (trials {', '.join(map(str, numbers))})")
-
-
-# ---------------------------------------------------------------- what a running study prints
-
-
-class Progress:
-    """One line per finished trial, in Optuna's numbering, with a running count and an ETA; the
-    searcher calls it for each trial it tells Optuna about."""
-
-    def __init__(self, total: int, trials: list[FrozenTrial] = ()):  # type: ignore[assignment]
-        self.total, self.t0, self.counts = total, time.time(), dict[str, int]()
-        self.best: dict[str, tuple[float, int]] = {}
-        for t in trials:  # the best so far includes the stored trials of a resumed study
-            cell = str(t.user_attrs.get(names.CELL))
-            if t.state == TrialState.COMPLETE and (cell not in self.best or (t.value or 0.0) < self.best[cell][0]):
-                self.best[cell] = (t.value or 0.0, t.number)
-
-    def __call__(self, number: int, attrs: dict, state: str, value: Any, epochs: int, **more: Any) -> None:
-        test_acc, reason = more.get("test_acc"), more.get("reason")  # a COMPLETE replicate's; a FAIL's
-        self.counts[state] = self.counts.get(state, 0) + 1
-        done = sum(self.counts.values())
-        elapsed = time.time() - self.t0
-        eta = elapsed / done * (self.total - done) if done < self.total else 0
-        cell, phase = attrs.get(names.CELL, "?"), attrs.get(names.PHASE, "?")
-        what = f"{phase} seed {attrs.get(names.TRAIN_SEED)}" if phase == names.REPLICATE else phase
-        if state == "COMPLETE":
-            best = self.best.get(cell)
-            if best is None or value < best[0]:
-                self.best[cell] = best = (value, number)
-            test = "" if test_acc is None else f", test acc {test_acc:.1%}"  # search trials score no test
-            result = f"val_loss {value:.4f}, {epochs} epochs{test}; best in cell {best[0]:.4f} (#{best[1]})"
-        elif state == "PRUNED":
-            result = f"pruned after {epochs} epochs"
-        else:
-            result = f"after {epochs} epochs: {(reason or 'no reason').strip().splitlines()[-1][:100]}"
-        say(f"[{done}/{self.total} {clock(elapsed)} ETA {clock(eta)}] #{number} {cell} | {what} | {state} {result}")
-
-
-def clock(seconds: float) -> str:
-    """Seconds as minutes:seconds, 75 -> '1:15'."""
-    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
-
-
-class EpochLines(tune.Callback):
-    """--verbose: one line per trial per epoch."""
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        cfg = trial.config
-        say(
-            f"[{trial.trial_id}] {cfg.get('arch')} epoch {result['epoch']}/{cfg.get('epochs')}: "
-            f"train_loss {result['train_loss']:.4f} val_loss {result['val_loss']:.4f} "
-            f"val_acc {result['val_acc']:.2%} ({result['epoch_s']:.1f} s)"
-        )

@@ -6,28 +6,29 @@ on_trial_result when the scheduler stops a trial. So `OptunaPruningSearch` puts 
 back, takes every epoch's val loss as an intermediate value itself (`record`, which the scheduler
 calls), and tells Optuna PRUNED, FAIL or COMPLETE (value: the lowest val loss), with the history and
 results as user attributes; `OptunaPruningScheduler` sees every result first and STOPs a trial when
-the pruner says so. The searcher hands out the trials the design needs (tlstudy.study.design): each
-enqueued with its cell's values and attributes just before Optuna's ask pops it; a search trial is
-told not to score the test split. A finished trial's learning curve (PNG, on its optuna-dashboard
-page) and a replicate's per-image predictions (CSV) become artifacts. The Ray internals relied on
+the pruner says so (or when the trial reports its own error). The searcher hands out the trials the
+design needs (tlstudy.study.design): each enqueued with its cell's values and attributes just before
+Optuna's ask pops it; a search trial is told not to score the test split. A trial Tune restores after
+its worker died continues after its last checkpoint's epoch: an epoch reported again replaces its
+record and is not told to Optuna twice. Once told, a finished trial leaves its learning curve (PNG,
+on its optuna-dashboard page), a replicate its per-image predictions (CSV; tlstudy.study.artifacts),
+a COMPLETE trial its model if --keep-models wants it (tlstudy.study.keep); its Ray Tune checkpoints
+are deleted. The Ray internals relied on
 (`_setup_study`, `_ot_study`, `_ot_trials`, the call order) are pinned in tests/test_upstream_pins.py.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -36,6 +37,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tlstudy import names
 from tlstudy.study import design
+from tlstudy.study.artifacts import drop_checkpoints, upload_learning_curve, upload_predictions
 from tlstudy.study.storage import Heartbeats
 
 
@@ -46,12 +48,15 @@ class OptunaPruningSearch(OptunaSearch):
 
     # fmt: off
     def __init__(self, *args: Any, storage: Any = None, pruner: Any = None, artifact_dir: Path | None = None,
-                 plan: tuple | None = None, test_images: tuple | None = None, progress: Any = None, **kwargs: Any):
+                 plan: tuple | None = None, test_images: tuple | None = None, progress: Any = None,
+                 keeper: Any = None, **kwargs: Any):
         # fmt: on
         # Set before OptunaSearch.__init__ (which calls _setup_study), with names OptunaSearch lacks.
         self.pruner = pruner or optuna.pruners.NopPruner()
         self.artifact_dir, self.plan, self.test_images, self.progress = artifact_dir, plan, test_images, progress
+        self.keeper = keeper  # tlstudy.study.keep.Keeper, or None
         self.epochs: dict[str, list[dict]] = {}  # trial id -> its per-epoch records
+        self.tune_trials: dict[str, Any] = {}  # trial id -> Tune's Trial (set by the scheduler)
         self.pruned: set[str] = set()
         self.errors: dict[str, str] = {}
         self.finished: set[str] = set()  # trial ids told to Optuna
@@ -74,7 +79,7 @@ class OptunaPruningSearch(OptunaSearch):
         # Tune pickles the searcher (tuner.pkl, for Tuner.restore; a study resumes from its Optuna
         # storage instead): the storage and what holds it stay out, a storage URL may hold a password.
         state = self.__dict__.copy()
-        state.update(_storage=None, _ot_study=None, _ot_trials={}, heartbeats=None)  # Ray internals, see above
+        state.update(_storage=None, _ot_study=None, _ot_trials={}, heartbeats=None, keeper=None, tune_trials={})
         return state
 
     def save(self, checkpoint_path: str) -> None:
@@ -117,11 +122,14 @@ class OptunaPruningSearch(OptunaSearch):
         """Take one epoch's result; return True when the pruner says to stop the trial."""
         ot_trial = self.optuna_trial(trial_id)
         epoch = {k: result[k] for k in names.EPOCH_KEYS if k in result}
-        self.epochs.setdefault(trial_id, []).append(epoch)
+        history = self.epochs.setdefault(trial_id, [])
+        again = any(e[names.STEP] >= epoch[names.STEP] for e in history)  # restored from an older checkpoint
+        history[:] = [e for e in history if e[names.STEP] < epoch[names.STEP]] + [epoch]
         try:
             if result.get(names.NODE_ID):
                 ot_trial.set_user_attr(names.NODE_ID, result[names.NODE_ID])
-            ot_trial.report(result[names.METRIC], result[names.STEP])
+            if not again:
+                ot_trial.report(result[names.METRIC], result[names.STEP])
         except UpdateFinishedTrialError:
             return True  # another driver has failed it meanwhile (see on_trial_complete): stop it
         if names.SUMMARY_BEST_VAL_LOSS in result:  # the last epoch: nothing left to prune
@@ -149,6 +157,8 @@ class OptunaPruningSearch(OptunaSearch):
             warnings.warn(f"trial {ot_trial.number} was failed by another driver meanwhile")
         self.finished.add(trial_id)
         self.heartbeats.discard(ot_trial.number)
+        tune_trial = self.tune_trials.pop(trial_id, None)
+        drop_checkpoints(getattr(tune_trial, "path", None))
 
     def tell(self, trial_id: str, ot_trial: Any, result: dict | None, error: bool) -> None:
         """Tell Optuna how the trial ended (PRUNED; FAIL with its reason; COMPLETE with its lowest val
@@ -177,6 +187,9 @@ class OptunaPruningSearch(OptunaSearch):
                     self.artifact_dir, ot_trial, json.loads(result[names.SUMMARY_PREDICTIONS]), self.test_images
                 )
         self.study.tell(ot_trial, value, state=state, skip_if_finished=True)
+        kept = None
+        if self.keeper and state == TrialState.COMPLETE:
+            kept = self.keeper.trial_done(ot_trial.number, self.model_folder(trial_id))
         if self.progress:
             self.progress(
                 number=ot_trial.number,
@@ -186,7 +199,13 @@ class OptunaPruningSearch(OptunaSearch):
                 epochs=len(epochs),
                 test_acc=(result or {}).get(names.SUMMARY_TEST_BEST_ACC),
                 reason=self.errors.get(trial_id),
+                kept=kept,
             )
+
+    def model_folder(self, trial_id: str) -> str | None:
+        """The local folder of a finished trial's last checkpoint (its model file), or None."""
+        checkpoint = getattr(self.tune_trials.get(trial_id), "checkpoint", None)
+        return checkpoint.path if checkpoint is not None and Path(checkpoint.path).is_dir() else None
 
     def fail_unfinished(self, reason: str) -> int:
         """After Tuner.fit returns (early on Ctrl-C), resolve this driver's trials that never
@@ -231,7 +250,14 @@ class OptunaPruningScheduler(FIFOScheduler):
         super().__init__()
         self.searcher = searcher
 
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self.searcher.tune_trials[trial.trial_id] = trial  # its checkpoints, for the searcher
+        super().on_trial_add(tune_controller, trial)
+
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if names.TRIAL_ERROR in result:  # the trial's own exception (tlstudy.study.trainable)
+            self.searcher.record_error(trial.trial_id, result[names.TRIAL_ERROR])
+            return TrialScheduler.STOP
         if self.searcher.record(trial.trial_id, result):
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
@@ -253,50 +279,3 @@ def _storable(v: Any) -> bool:
     if isinstance(v, float):
         return math.isfinite(v)
     return isinstance(v, (int, str, bool, list)) or v is None
-
-
-# ---------------------------------------------------------------- the artifacts a trial leaves
-
-
-def upload_learning_curve(artifact_dir: str | Path, ot_trial: Any, epochs: list[dict]) -> None:
-    """The trial's train and val loss per epoch (its epoch records), as a PNG artifact."""
-    from matplotlib.figure import Figure  # no pyplot: the driver draws a figure per trial
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(5, 3.2), dpi=100)
-    ax = fig.add_axes((0.14, 0.15, 0.82, 0.75))
-    ax.plot([e[names.STEP] for e in epochs], [e["train_loss"] for e in epochs], "o-", label="train loss")
-    ax.plot([e[names.STEP] for e in epochs], [e[names.METRIC] for e in epochs], "s-", label="val loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel="cross-entropy")
-    ax.set_title(f"trial {ot_trial.number}", fontsize=9)
-    ax.legend()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, names.LEARNING_CURVE_FILE.format(number=ot_trial.number))
-        fig.savefig(path)
-        upload_artifact(
-            artifact_store=FileSystemArtifactStore(str(artifact_dir)),
-            file_path=path,
-            study_or_trial=ot_trial,
-            mimetype="image/png",
-        )
-
-
-def upload_predictions(artifact_dir: str | Path, ot_trial: Any, predictions: dict, test_images: tuple) -> None:
-    """Each test image's id, label, predicted output and PNEUMONIA score at every checkpoint, as a
-    CSV artifact. predictions: {checkpoint: {"pred": [...], "score": [...]}} in the order of
-    test_images, (ids, labels)."""
-    ids, labels = test_images
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, names.PREDICTIONS_FILE.format(number=ot_trial.number))
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(names.PREDICTION_FIELDS)
-            for checkpoint, p in predictions.items():
-                w.writerows(zip([checkpoint] * len(ids), ids, labels, p["pred"], p["score"]))
-        upload_artifact(
-            artifact_store=FileSystemArtifactStore(str(artifact_dir)),
-            file_path=path,
-            study_or_trial=ot_trial,
-            mimetype="text/csv",
-        )

@@ -7,8 +7,10 @@ lowest-val-loss (test_best_*), highest-val-accuracy (test_bestacc_*) and final (
 checkpoints. As in the PyTorch ImageNet example, `train_epoch`, `evaluate` and the metrics live
 together. The data stay uint8 tensors, batches picked by indexing and normalised whole; a frozen
 backbone runs once per split, its head trained on cached features (training.feature_cache).
-Predictions are the argmax over ALL outputs, as the report did (with 6 or 10 outputs an index
-that is no class is an error); class 1 (PNEUMONIA) is positive.
+Every epoch's record but the last also holds the trial's state after it (training.checkpoint), to
+resume from; `fit(config, data, resume=state)` continues after that epoch, as if never stopped. The
+last record holds the best-val-loss weights of the whole network (training.modelfile keeps them).
+Predictions are the argmax over ALL outputs (training.metrics).
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, recall_score, roc_auc_score
 from torch import nn
 
 from tlstudy.data.splits import Splits
-from tlstudy.names import CHECKPOINTS, EPOCH_KEYS, PREDICTIONS, SUMMARY
+from tlstudy.names import CHECKPOINTS, EPOCH_KEYS, KEPT_WEIGHTS, PREDICTIONS, RESUME_STATE, RESUMED_AT, SUMMARY
 from tlstudy.settings import TrialConfig
+from tlstudy.training import checkpoint, models
 from tlstudy.training import device as devices
-from tlstudy.training import models
+from tlstudy.training.metrics import correct_count, per_image, test_metrics
 from tlstudy.training.models import augment, make_optimizer, make_scheduler, parse_repeat, to_input
 
 EVAL_BATCH = 128
@@ -48,8 +50,9 @@ class RunContext:
     scaler: torch.amp.GradScaler | None = None  # fp16's gradient scaler
 
 
-def fit(config: TrialConfig, data: Splits) -> Generator[dict, None, None]:
-    """Train per `config` on `data`; yield one metrics dict per epoch."""
+def fit(config: TrialConfig, data: Splits, resume: dict | None = None) -> Generator[dict, None, None]:
+    """Train per `config` on `data`, or continue from the state `resume` (a record's RESUME_STATE, as
+    training.checkpoint.load reads it back); yield one metrics dict per epoch."""
     t_start = time.perf_counter()
     device = check(config)
     models.seed_everything(config.train_seed)
@@ -87,9 +90,12 @@ def fit(config: TrialConfig, data: Splits) -> Generator[dict, None, None]:
     # The checkpoints a trial is tested at: lowest val loss (the study's choice), highest val
     # accuracy (the tutorial's choice), and the last epoch.
     best: dict[str, dict] = {"loss": {}, "acc": {}}
-    history = []
+    history: list[dict] = []
+    first, resumed = 1, list[int]()
+    if resume is not None:
+        first, best, history, resumed = checkpoint.restore(resume, net, optimizer, scheduler, gen)
     startup_s = time.perf_counter() - t_start
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first, config.epochs + 1):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         with models.threads(1 if run.features and device.type == "cpu" else None):
@@ -110,7 +116,12 @@ def fit(config: TrialConfig, data: Splits) -> Generator[dict, None, None]:
             best["loss"] = {"val_loss": val_loss, "epoch": epoch, "state": state}
         if better_acc:
             best["acc"] = {"val_acc": val_acc, "epoch": epoch, "state": state}
-        if epoch == config.epochs:
+        if epoch < config.epochs:
+            state_after = checkpoint.capture(epoch, net, optimizer, scheduler, gen, best, history, resumed)
+            rec = {**rec, RESUME_STATE: state_after}
+        else:
+            # Before summarize, which loads the other checkpoints into the network.
+            kept = best["loss"]["state"] if best["loss"]["state"] is not None else _state_copy(net)
             summary = summarize(net, x, y, data, best, history, eval_repeat, run, config.score_test)
             how: dict[str, Any] = dict(feature_cache=cache_use, weights_source=weights_source, device=str(device))
             how.update(amp=numerics.amp, channels_last=numerics.channels_last, threads=torch.get_num_threads())
@@ -118,7 +129,9 @@ def fit(config: TrialConfig, data: Splits) -> Generator[dict, None, None]:
             summary.update(
                 wall_s=time.perf_counter() - t_start, **how, **{**data.info(), "classes": ",".join(data.classes)}
             )
-            rec = {**rec, SUMMARY: summary}
+            if resumed:
+                summary[RESUMED_AT] = resumed
+            rec = {**rec, SUMMARY: summary, KEPT_WEIGHTS: whole_state(model, net, kept)}
         yield rec
 
 
@@ -188,15 +201,22 @@ def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeat: tuple, run: RunContext
 ) -> tuple[float, float, torch.Tensor]:
     """Mean loss, accuracy and the logits (float, on the CPU) of the model on one split."""
+    out = outputs(model, x, repeat, run)
+    loss = nn.functional.cross_entropy(out, y).item()
+    return loss, correct_count(out, y).item() / len(y), out.cpu()
+
+
+@torch.inference_mode()
+def outputs(model: nn.Module, x: torch.Tensor, repeat: tuple, run: RunContext) -> torch.Tensor:
+    """The model's float outputs for uint8 images (or cached features) x, in eval mode, in batches:
+    how a trial scores val and test, and how `tlstudy predict` scores a user's images."""
     models.set_mode(model, run.mode, training=False)
     logits = []
     for xb in x.split(EVAL_BATCH):
         inp = _input(xb, repeat, run)
         with devices.autocast(run.device, run.dtype):
             logits.append(model(inp).float())
-    out = torch.cat(logits)
-    loss = nn.functional.cross_entropy(out, y).item()
-    return loss, correct_count(out, y).item() / len(y), out.cpu()
+    return torch.cat(logits)
 
 
 def _input(xb: torch.Tensor, repeat: tuple, run: RunContext) -> torch.Tensor:
@@ -246,53 +266,13 @@ def summarize(
     return out
 
 
-# ---------------------------------------------------------------- metrics
-
-
-def correct_count(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """How many argmax predictions in a batch are right, as a tensor: summing on the device
-    avoids a host sync per batch."""
-    return (output.argmax(1) == target).sum()
-
-
-def test_metrics(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict:
-    """Accuracy (correct / total), balanced accuracy, ROC AUC, sensitivity, specificity and
-    the confusion matrix (rows: true classes; columns: every output index)."""
-    logits = torch.as_tensor(logits).float()
-    y = np.asarray(target)
-    pred = logits.argmax(1).numpy()
-    out_features = logits.shape[1]
-    recall = recall_score(y, pred, labels=list(range(num_classes)), average=None, zero_division=0)
-    # Scores for AUC: probabilities over the real classes only, renormalised.
-    prob = torch.softmax(logits[:, :num_classes], 1).numpy()
-    if len(np.unique(y)) < 2 or not np.isfinite(prob).all():  # one class, or a diverged model's logits
-        auc = float("nan")
-    elif num_classes == 2:
-        auc = roc_auc_score(y, prob[:, 1])
-    else:
-        auc = roc_auc_score(y, prob, multi_class="ovr", labels=list(range(num_classes)))
-    cm = confusion_matrix(y, pred, labels=list(range(out_features)))[:num_classes]
-    return {
-        "acc": float((pred == y).mean()),
-        "correct": int((pred == y).sum()),
-        "total": int(len(y)),
-        "balanced_acc": float(recall.mean()),
-        "auc": float(auc),
-        "sensitivity": float(recall[1]) if num_classes == 2 else None,
-        "specificity": float(recall[0]) if num_classes == 2 else None,
-        "confusion_matrix": cm.tolist(),
-    }
-
-
-def per_image(logits: torch.Tensor, num_classes: int) -> dict:
-    """Per test image: the predicted output index (argmax over all outputs) and the class-1
-    (PNEUMONIA) score, a probability renormalised over the real classes; for predictions.csv."""
-    logits = torch.as_tensor(logits).float()
-    prob = torch.softmax(logits[:, :num_classes], 1)
-    return {
-        "pred": logits.argmax(1).tolist(),
-        "score": [round(v, 5) for v in prob[:, min(1, num_classes - 1)].tolist()],
-    }
+def whole_state(model: nn.Module, net: nn.Module, state: dict) -> dict:
+    """The whole network's weights with `state` for `net`: the head alone when it trained on cached
+    features (then `net` is the model's head), else all of them."""
+    if net is model:
+        return state
+    name = models.find_head(model)[0]
+    return {**model.state_dict(), **{f"{name}.{k}": v for k, v in state.items()}}
 
 
 def _state_copy(model: nn.Module) -> dict:

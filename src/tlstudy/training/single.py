@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 from tlstudy.data import splits as data_splits
 from tlstudy.errors import UserError
-from tlstudy.names import SUMMARY
+from tlstudy.names import EPOCH_KEYS, SUMMARY
 from tlstudy.settings import DataSettings, TrialConfig
 from tlstudy.training.loop import check, fit
 
@@ -39,7 +39,7 @@ def run(config: TrialConfig, data: DataSettings, json_path: str | None = None) -
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         for rec in fit(config, splits):
-            epochs.append({k: v for k, v in rec.items() if k != SUMMARY})
+            epochs.append({k: rec[k] for k in EPOCH_KEYS})
             print(
                 f"{rec['epoch']:>5} {rec['train_loss']:>10.4f} {rec['train_acc']:>9.2%} {rec['val_loss']:>9.4f}"
                 f" {rec['val_acc']:>8.2%} {rec['lr']:>9.2e} {rec['epoch_s']:>6.1f}",
