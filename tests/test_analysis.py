@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from tlstudy import spaces
 from tlstudy.analysis import claims as tlclaims
 from tlstudy.analysis import reference, report
-from tlstudy.settings import Cell
+from tlstudy.spaces import Cell
 
 ROOT = Path(__file__).parents[1]
 EPOCHS = 30

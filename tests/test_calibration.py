@@ -2,11 +2,12 @@
 
 The nulls come from tlstudy.analysis.simulation (two cells with equal population accuracy on a
 Kermany-shaped test set with patients). Each check counts rejections at alpha = 0.05 over 2,000
-nulls, whose binomial sd at 0.05 is 0.0049, and asks for a rate inside a two-sided band of three
-sds: [0.035, 0.065]. At K = 2 (one seed df) the test is conservative by design where the images
-carry part of the variance, and the lower bound is 0.02. The regimes are the ones where the old
-test failed: one fragile cell against a stable one at 2 and 3 seeds, and unequal seed counts.
-bench/calibration.py runs every regime at K = 2..10 (bench/RESULTS.md); `-m slow` runs more here.
+nulls, whose binomial sd at 0.05 is 0.0049, and asks for a rate inside a two-sided band: at most
+three sds over alpha (0.065), at least the issue's floor of 0.03. At K = 2 (one seed df) the test
+is conservative by design where the images carry part of the variance, and the lower bound is
+0.02. The regimes are the ones where the old test failed: one fragile cell against a stable one
+at 2 and 3 seeds, and unequal seed counts. bench/calibration.py runs every regime at K = 2..10
+(bench/RESULTS.md); `-m slow` runs more here.
 """
 
 import sys
@@ -23,7 +24,9 @@ from tlstudy.analysis import critical, simulation, statistics, variance  # noqa:
 
 NULLS = 2000
 SD = np.sqrt(0.05 * 0.95 / NULLS)
-BAND = (0.05 - 3 * SD, 0.05 + 3 * SD)
+# Above: three sds over alpha. Below: the issue's floor of 0.03 (a test more conservative than
+# that wastes power; between 0.03 and alpha it is valid, e.g. shared seeds at K = 3: 0.035-0.039).
+BAND = (0.03, 0.05 + 3 * SD)
 
 
 def band(k):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tlstudy.analysis import claims, statistics
-from tlstudy.settings import Cell
+from tlstudy.spaces import Cell
 
 from test_statistics import draw_images, frame_of, mc_bound, simulate
 

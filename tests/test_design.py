@@ -6,7 +6,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tlstudy.settings import PROTOCOL, Cell
+from tlstudy.settings import PROTOCOL
+from tlstudy.spaces import Cell
 from tlstudy.study import design
 
 CELLS = [Cell.of(dict(out_features=2)), Cell.of(dict(out_features=6))]

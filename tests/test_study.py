@@ -215,7 +215,12 @@ def test_run_ends_with_the_analysis(taske):
     # No ImageNet weights here (and phantom data): claims about transfer are void, saying why.
     assert by.loc["3a", "verdict"] == "void" and by.loc["3a", "reason"] == "study taskB not run"
     # Claims 5 and 6 are about taskE alone: two replicates per cell give them a paired interval.
+    # At 16 px many tiny models predict one class: a claim whose cell keeps fewer than 2 converged
+    # seeds is void, and says so; the others get their interval.
     for c in ("5a", "5b", "6"):
+        if by.loc[c, "verdict"] == "void":
+            assert "fewer than 2 converged seeds" in by.loc[c, "reason"], by.loc[c].to_dict()
+            continue
         assert by.loc[c, "verdict"] in ("supported", "contradicted", "inconclusive"), by.loc[c].to_dict()
         assert by.loc[c, "low"] <= by.loc[c, "estimate"] <= by.loc[c, "high"]
 

@@ -37,7 +37,7 @@ CHECKPOINTS = {"best": "best_loss", "bestacc": "best_acc", "final": "final"}
 
 # ---------------------------------------------------------------- a trial's user attributes
 
-CELL = "cell"  # the variant cell, tlstudy.settings.Cell.label()
+CELL = "cell"  # the variant cell, tlstudy.spaces.Cell.label()
 PHASE = "phase"  # SEARCH or REPLICATE
 SEARCH, REPLICATE = "search", "replicate"
 TRAIN_SEED = "train_seed"  # model init, batch order, augmentation: 0 in the search, 1..K for replicates

@@ -132,29 +132,6 @@ DATA_CACHE_VERSION = 2  # 2: image ids stored with the pixels
 
 
 @dataclass(frozen=True)
-class Cell:
-    """A variant cell: the values of the space's cell parameters, in the space's order."""
-
-    items: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def of(cls, values: dict[str, Any]) -> Cell:
-        return cls(tuple(values.items()))
-
-    @classmethod
-    def parse(cls, text: str) -> Cell:
-        """A cell from its label ("arch=resnet101; weights=IMAGENET1K_V1"; ";" alone also works): values as text."""
-        return cls(tuple(tuple(p.strip().split("=", 1)) for p in str(text).split(";") if p.strip()))  # type: ignore[misc]
-
-    def label(self) -> str:
-        """The cell as stored and shown: "out_features=2; train_repeat=1,3,1,1", or "all" for a space without cells."""
-        return "; ".join(f"{k}={v}" for k, v in self.items) or "all"
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.items)
-
-
-@dataclass(frozen=True)
 class DataSettings:
     """The data a study or a trial trains on (tlstudy.data.splits.load)."""
 
@@ -318,20 +295,3 @@ def resolve_study(space_summary: dict[str, Any], profile: str, flags: dict[str, 
         max_seeds=max(s["seeds"], s["max_seeds"]),
         **given,
     )
-
-
-def fingerprint(design: dict[str, Any]) -> str:
-    """A short hash of a comparability dict, stored with the study."""
-    return hashlib.sha1(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """'key: old -> new' for every leaf that differs between two comparability dicts."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {json.dumps(a)[:60]} -> {json.dumps(b)[:60]}")
-    return out

@@ -32,9 +32,32 @@ from pathlib import Path
 from typing import Any
 
 from tlstudy.errors import UserError
-from tlstudy.settings import DEFAULTS, Cell
+from tlstudy.settings import DEFAULTS
 
 _CHECKOUT = Path(__file__).resolve().parents[2]  # src/tlstudy/ -> the checkout, in a checkout
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A variant cell: the values of the space's cell parameters, in the space's order."""
+
+    items: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> Cell:
+        return cls(tuple(values.items()))
+
+    @classmethod
+    def parse(cls, text: str) -> Cell:
+        """A cell from its label ("arch=resnet101; weights=IMAGENET1K_V1"; ";" alone also works): values as text."""
+        return cls(tuple(tuple(p.strip().split("=", 1)) for p in str(text).split(";") if p.strip()))  # type: ignore[misc]
+
+    def label(self) -> str:
+        """The cell as stored and shown: "out_features=2; train_repeat=1,3,1,1", or "all" for a space without cells."""
+        return "; ".join(f"{k}={v}" for k, v in self.items) or "all"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.items)
 
 
 def shipped(packaged: str, in_checkout: str) -> Path:

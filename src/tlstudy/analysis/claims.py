@@ -25,8 +25,7 @@ import pandas as pd
 from tlstudy.analysis import statistics, timing
 from tlstudy.analysis.timing import select, void
 from tlstudy.names import PHASE, RANDOM_FALLBACK, REPLICATE, WEIGHTS_SOURCE
-from tlstudy.settings import Cell
-from tlstudy.spaces import reference_dir
+from tlstudy.spaces import Cell, reference_dir
 
 CLAIMS = reference_dir() / "claims.csv"
 COLUMNS = [

@@ -28,7 +28,7 @@ import numpy as np
 
 from tlstudy.errors import UserError
 from tlstudy.names import CELL, ROUNDS
-from tlstudy.settings import Cell
+from tlstudy.spaces import Cell
 
 RHO = 2.0
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from tlstudy.analysis import statistics
 from tlstudy.names import CELL, IS_PROTOCOL, PHASE, REPLICATE, TEST_BEST_ACC, TRAIN_SEED
-from tlstudy.settings import Cell
+from tlstudy.spaces import Cell
 
 CELL_KEYS = ("task", "arch", "weights", "mode", "out_features", "train_repeat", "eval_repeat")
 COLUMNS = (
@@ -169,7 +169,7 @@ def show_your_work(per_trial, axes):
 
 
 def label(row, axes):
-    """A table row's cell, spelled as the trials spell it (tlstudy.settings.Cell.label)."""
+    """A table row's cell, spelled as the trials spell it (tlstudy.spaces.Cell.label)."""
     return Cell.of({k: row[k] for k in axes}).label()
 
 

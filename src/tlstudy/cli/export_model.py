@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from optuna.artifacts import FileSystemArtifactStore, download_artifact
 
     from tlstudy.names import CELL
-    from tlstudy.settings import Cell
+    from tlstudy.spaces import Cell
     from tlstudy.study import keep
     from tlstudy.training import modelfile
 

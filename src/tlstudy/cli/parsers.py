@@ -5,6 +5,7 @@ the rewriting of a command line is cli/command_line.py. No torch, Ray or Optuna 
 answers at once."""
 
 import argparse
+import importlib
 import textwrap
 
 from tlstudy.settings import AUTO_MAX_SEEDS, CHOICES, DEFAULTS, PROFILES, PRUNERS
@@ -272,22 +273,9 @@ def add_dashboard_flags(p):
     p.add_argument("--port", type=int, default=8080, help="the port to serve on")
 
 
-def add_predict_flags(p):
-    from tlstudy.cli import predict  # its flags load only for it (or for --help)
-
-    predict.add_flags(p)
-
-
-def add_export_model_flags(p):
-    from tlstudy.cli import export_model
-
-    export_model.add_flags(p)
-
-
-def add_submit_flags(p):
-    from tlstudy.cli import submit  # tlstudy submit's flags load only for it (or for --help)
-
-    submit.add_flags(p)
+def flags_of(module):
+    """The flags of a command whose module loads only for it (or for --help): tlstudy.cli.MODULE.add_flags."""
+    return lambda p: importlib.import_module(f"tlstudy.cli.{module}").add_flags(p)
 
 
 COMMANDS = {
@@ -295,9 +283,9 @@ COMMANDS = {
     "trial": (add_trial_flags, "Run ONE trial of the study, without Ray"),
     "analyze": (add_analyze_flags, "Rebuild the report's tables, statistics, claims and plots from a stored study"),
     "dashboard": (add_dashboard_flags, "Browse a study in optuna-dashboard"),
-    "submit": (add_submit_flags, "Run a study on a Ray cluster through Ray's job system"),
-    "predict": (add_predict_flags, "Score images with a kept model, with Grad-CAM overlays on request"),
-    "export-model": (add_export_model_flags, "Write a study's kept model (its best, a trial's or a cell's) to a file"),
+    "submit": (flags_of("submit"), "Run a study on a Ray cluster through Ray's job system"),
+    "predict": (flags_of("predict"), "Score images with a kept model, with Grad-CAM overlays on request"),
+    "export-model": (flags_of("export_model"), "Write a study's kept model (its best, a trial's, a cell's) to a file"),
 }
 
 

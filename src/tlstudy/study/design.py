@@ -41,7 +41,8 @@ from tlstudy.names import (
     SEARCH,
     TRAIN_SEED,
 )
-from tlstudy.settings import PROTOCOL, Cell, differences, fingerprint
+from tlstudy.settings import PROTOCOL
+from tlstudy.spaces import Cell
 from tlstudy.study import storage
 
 LIVE = (TrialState.RUNNING, TrialState.WAITING)
@@ -264,8 +265,8 @@ def check_comparable(attrs: dict[str, Any] | None, design: dict[str, Any], name:
     """Refuse, with one line naming what differs, a stored study run with other settings."""
     attrs = attrs or {}
     stored = attrs.get(FINGERPRINT)
-    if stored and stored != fingerprint(design):
-        diff = differences(attrs.get(DESIGN, {}), design)
+    if stored and stored != storage.fingerprint(design):
+        diff = storage.differences(attrs.get(DESIGN, {}), design)
         raise UserError(
             f"study {name!r} in {storage.display_url(url)} was run with a different space or settings"
             f"{' (' + '; '.join(diff[:4]) + ')' if diff else ''}; its trials would not be comparable: "

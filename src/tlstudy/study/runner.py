@@ -40,7 +40,7 @@ from ray import tune
 
 from tlstudy import names
 from tlstudy.data import splits as data_splits
-from tlstudy.settings import StudySettings, fingerprint
+from tlstudy.settings import StudySettings
 from tlstudy.spaces import Space
 from tlstudy.study import artifacts, design, keep, placement, storage
 from tlstudy.study.console import EpochLines, Progress, Recoveries, say
@@ -81,7 +81,7 @@ def run_study(settings: StudySettings, space: Space, judge: Judge | None = None)
         names.SPACE: space.name,
         names.SPACE_SUMMARY: summary,
         names.DESIGN: comparability,
-        names.FINGERPRINT: fingerprint(comparability),
+        names.FINGERPRINT: storage.fingerprint(comparability),
         names.PROFILE: settings.profile,
         names.DATA: {k: v for k, v in info.items() if k != "classes"},
         names.BASE_CONFIG: settings.shared,

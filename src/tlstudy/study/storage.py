@@ -14,7 +14,9 @@ load when a storage opens, not with this module.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import re
 import sqlite3
@@ -278,3 +280,20 @@ def resolve_abandoned(study: Any, storage: Any) -> int:
         except UpdateFinishedTrialError:
             pass  # its driver, or another one, resolved it meanwhile
     return failed
+
+
+def fingerprint(design: dict[str, Any]) -> str:
+    """A short hash of a comparability dict, stored with the study."""
+    return hashlib.sha1(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf that differs between two comparability dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {json.dumps(a)[:60]} -> {json.dumps(b)[:60]}")
+    return out
