@@ -127,9 +127,11 @@ class Keeper:
         seed = f", training seed {attrs.get(names.TRAIN_SEED)}" if attrs.get(names.PHASE) == names.REPLICATE else ""
         self.note(
             trial.number,
-            f"**Kept model**: `{filename}` (among the artifacts below; `tlstudy export-model --trial {trial.number}`),"
-            f" the weights of epoch {header.get('best_epoch')} (its lowest val loss, {loss})"
-            f"\n\n**Cell** {attrs.get(names.CELL)}; **phase** {attrs.get(names.PHASE)}{seed}",
+            f"**Kept model**: `{filename}`, among the artifacts below\n\n"
+            f"**Cell**: {attrs.get(names.CELL)}\n\n"
+            f"**Phase**: {attrs.get(names.PHASE)}{seed}\n\n"
+            f"The weights of epoch {header.get('best_epoch')}, its lowest val loss ({loss}); a copy: "
+            f"`tlstudy export-model --trial {trial.number}`",
         )
         return str(self.artifact_dir / artifact_id)
 
