@@ -258,6 +258,7 @@ ONE_TRIAL = SMALL_SPACE.replace(
 )
 
 
+@pytest.mark.slow
 def test_a_trial_whose_worker_dies_in_epoch_3_continues_there_with_the_same_val_losses(tmp_path):
     """The trial's worker SIGKILLs itself as its third epoch starts (tests/stopping_driver.py, first
     attempt only): Tune restores it from its epoch-2 checkpoint on a new worker, Optuna hears each
