@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import psutil
+import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, SMALL_SPACE, TINY, free_port, kill_group, run_to_end, start, write_space
