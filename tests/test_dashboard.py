@@ -125,6 +125,11 @@ def test_dashboard_serves_the_study(finished):
                 (results / "served.safetensors").write_bytes(body)
                 header = modelfile.read(results / "served.safetensors")[0]
                 assert header["study"] == "taskE" and header["trial"] == t.number
+                # Its note, at the top of its page, names the file, its cell and its phase.
+                assert f"`model_trial{t.number}.safetensors`" in s["note"]["body"]
+                assert "**Cell**: " in s["note"]["body"] and "**Phase**: " in s["note"]["body"]
+            else:
+                assert s["note"]["body"] == ""
         assert list(kept) == [study.best_trial.number]
         assert {s["state"] for s in served.values()} == {"Complete", "Pruned"}
     finally:

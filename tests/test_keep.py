@@ -3,7 +3,8 @@
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
-from optuna.trial import create_trial
+from optuna.trial import Trial, create_trial
+from optuna_dashboard import get_note as dashboard_note
 
 from tlstudy.names import CHECKPOINT_MODEL_FILE
 from tlstudy.study import keep
@@ -33,6 +34,11 @@ def study_of(rows, storage=None):
     return study
 
 
+def note(study, number):
+    """The trial's note in optuna-dashboard."""
+    return dashboard_note(Trial(study, study.trials[number]._trial_id))
+
+
 @pytest.mark.parametrize(
     "policy, kept", [("best", {4}), ("cells", {2, 4}), ("all", {0, 1, 2, 3, 4, 5}), ("none", set())]
 )
@@ -58,5 +64,8 @@ def test_a_new_best_supersedes_the_kept_model(tmp_path):
     study.add_trial(create_trial(value=0.25, user_attrs={"cell": "b", "phase": "replicate"}))  # trial 3
     keeper.trial_done(3, str(folder))
     assert set(keep.links(study)) == {3} and [p.name for p in store.iterdir()] == [keep.links(study)[3]["artifact_id"]]
+    # The trials' notes on their dashboard pages say so.
+    assert "**Kept model**: `model_trial3.safetensors`" in note(study, 3)
+    assert "`model_trial2.safetensors`, was kept, then deleted" in note(study, 2)
     assert keeper.trial_done(0, str(folder)) is None  # a search trial, superseded by replicates: not kept
     assert set(keep.links(study)) == {3}

@@ -135,6 +135,19 @@ def test_the_study_keeps_its_best_model_and_no_checkpoint(taske, tmp_path, capsy
     with pytest.raises(SystemExit) as e:
         cli.main(["export-model", "--space", "taskE", "--results", str(taske), "--trial", str(other)])
     assert e.value.code == 2 and f"trial {other}) kept no model" in capsys.readouterr().err
+    # --cell: that cell's best kept model; a cell without one is named with those that have one.
+    cell = header["cell"]
+    by_cell = tmp_path / "cell.safetensors"
+    assert (
+        cli.main(["export-model", "--space", "taskE", "--results", str(taske), "--cell", cell, "--out", str(by_cell)])
+        == 0
+    )
+    assert by_cell.read_bytes() == model.read_bytes()
+    elsewhere = next(str(t.user_attrs["cell"]) for t in study.trials if t.user_attrs["cell"] != cell)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export-model", "--space", "taskE", "--results", str(taske), "--cell", elsewhere])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no kept model of cell" in err and cell in err and err.count("\n") == 1
     # The kept model on the 16 real X-rays: a row per image (it was trained on 16 px phantoms).
     assert cli.main(["predict", str(out), str(XRAYS), "--out", str(tmp_path / "p.csv")]) == 0
     assert len(pd.read_csv(tmp_path / "p.csv")) == 16

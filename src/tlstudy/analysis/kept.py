@@ -24,8 +24,9 @@ def section(study: Any, space_name: str, out_dir: Path, artifact_dir: Path) -> l
     if not links:
         return lines + [f"No model file was kept (`--keep-models {policy}`).", ""]
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    files = "1 model file" if len(links) == 1 else f"{len(links)} model files"
     lines += [
-        f"`--keep-models {policy}`: {len(links)} model files (safetensors, each describing itself) in the artifact "
+        f"`--keep-models {policy}`: {files} (safetensors, each describing itself) in the artifact "
         f"store `{artifact_dir}/`, each linked on its trial's page in optuna-dashboard. Each holds its trial's "
         "best-val-loss weights: the checkpoint its `test_best_*` figures come from.",
         "",

@@ -15,7 +15,8 @@ read-only once the trial has finished, so a superseded model could never be unli
 optuna-dashboard also lists, on a trial's page, the artifacts recorded in the study's system
 attributes under `dashboard:artifacts:<trial id>:<artifact id>` (and unlinks one by setting it to
 null, as its own delete button does): the models are recorded there (the real optuna-dashboard
-lists and serves one in tests/test_dashboard.py).
+lists and serves one in tests/test_dashboard.py). A kept model's trial also gets a note, at the top of
+its page: the model file, its cell and phase; a superseded one's note says its model went.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 
@@ -106,7 +108,7 @@ class Keeper:
         attrs = trial.user_attrs
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / filename
-            modelfile.rewrite(
+            header = modelfile.rewrite(
                 src,
                 path,
                 study=self.study.study_name,
@@ -120,6 +122,17 @@ class Keeper:
         self.study._storage.set_study_system_attr(
             self.study._study_id, self.key(trial.number, artifact_id), json.dumps(meta)
         )
+        loss = header.get("best_val_loss")
+        loss = f"{loss:.4g}" if isinstance(loss, (int, float)) else loss
+        seed = f", training seed {attrs.get(names.TRAIN_SEED)}" if attrs.get(names.PHASE) == names.REPLICATE else ""
+        self.note(
+            trial.number,
+            f"**Kept model**: `{filename}`, among the artifacts below\n\n"
+            f"**Cell**: {attrs.get(names.CELL)}\n\n"
+            f"**Phase**: {attrs.get(names.PHASE)}{seed}\n\n"
+            f"The weights of epoch {header.get('best_epoch')}, its lowest val loss ({loss}); a copy: "
+            f"`tlstudy export-model --trial {trial.number}`",
+        )
         return str(self.artifact_dir / artifact_id)
 
     def unlink(self, number: int) -> None:
@@ -128,6 +141,19 @@ class Keeper:
         self.study._storage.set_study_system_attr(
             self.study._study_id, self.key(number, meta["artifact_id"]), json.dumps(None)
         )
+        self.note(
+            number,
+            f"Its model, `{meta['filename']}`, was kept, then deleted when a better trial finished"
+            f" (`--keep-models {self.policy}`).",
+        )
+
+    def note(self, number: int, body: str) -> None:
+        """The trial's note in optuna-dashboard, at the top of its page (Markdown; the study's system
+        attributes hold it, so a finished trial's note can change)."""
+        from optuna_dashboard import save_note
+
+        trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        save_note(optuna.trial.Trial(self.study, trial_id), body)
 
     def key(self, number: int, artifact_id: str) -> str:
         storage = self.study._storage
