@@ -4,6 +4,7 @@ Needs a server: TLSTUDY_TEST_POSTGRES=postgresql://USER@127.0.0.1:PORT/DB (`.ci/
 a throwaway one and sets it). Without it these tests skip, saying so.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -34,7 +35,7 @@ def study_name():
     name = f"small-{uuid.uuid4().hex[:8]}"
     yield name
     try:
-        optuna.delete_study(study_name=name, storage=open_storage(URL))
+        optuna.delete_study(study_name=name, storage=store())
     except KeyError:
         pass
 
@@ -76,7 +77,7 @@ def test_study_in_postgres_reopens_in_another_process(tmp_path, study_name):
     out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert out["states"] == ["COMPLETE"] * 6  # two cells: two search trials and a replicate each
     assert out["epochs"] == [[1, 2, 3]] * 6
-    study = optuna.load_study(study_name=study_name, storage=open_storage(URL))
+    study = optuna.load_study(study_name=study_name, storage=store())
     assert out["values"] == [t.value for t in study.trials] and out["best"] == study.best_trial.number
 
 
@@ -103,7 +104,7 @@ def test_two_drivers_on_one_study_keep_every_trial_of_both(tmp_path, study_name)
     outs = [(tmp_path / f"driver{i}.log").read_text() for i in (1, 2)]
     assert codes == [0, 0], [o[-2000:] for o in outs]
     assert "RUNNING: waiting" in outs[1] and "marked FAIL" not in outs[1]
-    trials = optuna.load_study(study_name=study_name, storage=open_storage(URL)).trials
+    trials = optuna.load_study(study_name=study_name, storage=store()).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * len(trials)
     # Both drivers ran trials, and between them the design's twelve, each once: a driver takes only
     # the work the study still lacks when it asks.
@@ -116,9 +117,16 @@ def test_two_drivers_on_one_study_keep_every_trial_of_both(tmp_path, study_name)
     )
 
 
+@functools.cache
+def store():
+    """One storage for the test process: each RDBStorage holds a pool of connections until it is
+    collected, and a poll every 0.2 s that opened its own exhausted the server's 100 connections."""
+    return open_storage(URL)
+
+
 def _trials(name):
     try:
-        return optuna.load_study(study_name=name, storage=open_storage(URL)).trials
+        return optuna.load_study(study_name=name, storage=store()).trials
     except KeyError:  # not created yet
         return []
 
