@@ -35,7 +35,9 @@ from tlstudy.study import runner, search
 
 def stop_here(action, marker):
     if action == "sigint":
-        os.kill(os.getpid(), signal.SIGINT)
+        # To this thread (the main one, where Python's handler raises KeyboardInterrupt), where
+        # os.kill's process-wide SIGINT may reach any of Ray's threads first.
+        signal.raise_signal(signal.SIGINT)
         return
     Path(marker).write_text(str(os.getpid()))
     while True:  # held until the test kills the driver's process group
