@@ -24,6 +24,7 @@ the trials: a fast machine finished the whole study first. Here the driver stops
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,8 +37,15 @@ from tlstudy.study import runner, search
 
 def stop_here(action, marker):
     if action == "sigint":
-        os.kill(os.getpid(), signal.SIGINT)
-        return
+        # To this thread (the main one, where Python's handler raises KeyboardInterrupt), where
+        # os.kill's process-wide SIGINT may reach any of Ray's threads first.
+        handler = signal.getsignal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        # Here only when the signal raised nothing: once in a full-suite run the driver ran on to the
+        # end (a SIGINT handler other than Python's, or none?). Say what it was, then stop as Ctrl-C
+        # stops a driver whose handler is Python's.
+        print(f"stopping_driver: SIGINT raised nothing (handler {handler!r}, thread {threading.current_thread().name})")
+        raise KeyboardInterrupt
     Path(marker).write_text(str(os.getpid()))
     while True:  # held until the test kills the driver's process group
         time.sleep(60)

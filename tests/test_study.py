@@ -371,8 +371,9 @@ def test_resume_after_interrupt_repeats_no_finished_trial_and_finishes_the_phase
     finally:
         # Ray's agents outlive a killed driver; they share its new process group.
         _killpg(proc.pid)
-    assert proc.returncode == 130, out[-3000:]
+    assert proc.returncode == 130, out[:3000] + "\n...\n" + out[-2000:]
     assert "interrupted: finished trials are stored. Resume with the same command:" in out
+    print("\n".join(line for line in out.splitlines() if line.startswith("stopping_driver:")))  # see -rP
     first = {t.number: t for t in load(results, "small").trials}
     finished = {n for n, t in first.items() if t.state == TrialState.COMPLETE}
     assert len(finished) == 1, out[-3000:]
