@@ -17,6 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from test_search import race_for_work
 from tlstudy.study.storage import open_storage
 
 from conftest import ROOT, SMALL_SPACE, TINY, kill_group, run_to_end, write_space
@@ -115,6 +116,13 @@ def test_two_drivers_on_one_study_keep_every_trial_of_both(tmp_path, study_name)
     assert work == sorted(
         [(o, "search", 0) for o in (2, 3)] * 4 + [(o, "replicate", s) for o in (2, 3) for s in (1, 2)]
     )
+
+
+def test_drivers_asking_at_once_take_each_trial_once(tmp_path, study_name):
+    """The work lock on PostgreSQL is the server's (an advisory lock for the study)."""
+    taken, trials = race_for_work(URL, tmp_path, study_name)
+    assert sorted(t.user_attrs["cell"] for t in trials) == ["out_features=2"] * 12 + ["out_features=3"] * 12
+    assert sum(taken) == 24 and min(taken) > 0, taken
 
 
 @functools.cache

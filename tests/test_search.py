@@ -3,6 +3,7 @@ pruned, a COMPLETE and an unfinished trial, and the artifacts it leaves. The Ray
 it relies on is pinned in tests/test_upstream_pins.py."""
 
 import json
+import time
 
 import optuna
 import pytest
@@ -11,6 +12,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from tlstudy.analysis import export
 from tlstudy.study.search import OptunaPruningScheduler, OptunaPruningSearch
+from tlstudy.study.storage import open_storage
 
 LR = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
 
@@ -99,3 +101,55 @@ def test_unfinished_trials_fail_with_a_reason(tmp_path):
     searcher.fail_unfinished("interrupted")
     t = optuna.load_study(study_name="pin", storage=storage).trials[0]
     assert t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == "interrupted"
+
+
+RACE = """
+import sys, time
+from pathlib import Path
+import optuna
+from tlstudy.spaces import Cell
+from tlstudy.study.search import OptunaPruningSearch
+from tlstudy.study.storage import open_storage
+
+url, go, name = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+cells = [Cell.of({"out_features": o}) for o in (2, 3)]
+s = OptunaPruningSearch(space={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)},
+                        metric="val_loss", mode="min", storage=open_storage(url), url=url, study_name=name,
+                        sampler=optuna.samplers.RandomSampler(), plan=(cells, 12, 1))
+s.set_search_properties("val_loss", "min", {})
+while not go.exists():
+    time.sleep(0.01)
+n = 0
+while s.suggest(f"t{n}") is not None:  # None: every search trial is taken, the replicates wait
+    n += 1
+    time.sleep(0.005)  # a driver does other work between asks: the other one gets the lock
+print(n)
+"""
+
+
+def race_for_work(url, tmp_path, name="shared"):
+    """Two drivers' searchers on one study ask for work at the same moment, until every search trial
+    is taken: the trials they took, and the trials stored."""
+    import subprocess
+    import sys
+
+    go = tmp_path / "go"
+    optuna.create_study(study_name=name, storage=open_storage(url))
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, url, str(go), name], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    time.sleep(3)  # both have imported Ray and made their searcher
+    go.touch()
+    taken = [int(p.communicate(timeout=300)[0]) for p in procs]
+    return taken, optuna.load_study(study_name=name, storage=open_storage(url)).trials
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_drivers_sharing_a_study_take_each_trial_of_the_design_once(tmp_path, kind):
+    """Each driver reads what the study lacks, enqueues it and asks for it under the study's work
+    lock, so no cell gets a search trial more than its budget. Without the lock both read the same
+    gap and both fill it: with the lock taken out, 4 of 6 runs here (3 storages, twice) failed."""
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:{tmp_path / 's.log'}"
+    taken, trials = race_for_work(url, tmp_path)
+    assert sorted(t.user_attrs["cell"] for t in trials) == ["out_features=2"] * 12 + ["out_features=3"] * 12
+    assert sum(taken) == 24 and min(taken) > 0, taken  # both drivers took work, and together all of it

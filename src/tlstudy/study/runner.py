@@ -173,6 +173,7 @@ def run_trials(
         metric=names.METRIC,
         mode="min",
         storage=store,
+        url=settings.storage,
         study_name=study.study_name,
         sampler=study.sampler,
         pruner=design.make_pruner(settings.pruner, settings.shared["epochs"]),

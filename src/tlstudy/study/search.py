@@ -38,7 +38,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tlstudy import names
 from tlstudy.study import design
 from tlstudy.study.artifacts import drop_checkpoints, upload_learning_curve, upload_predictions
-from tlstudy.study.storage import Heartbeats
+from tlstudy.study.storage import Heartbeats, work_lock
 
 
 class OptunaPruningSearch(OptunaSearch):
@@ -47,14 +47,15 @@ class OptunaPruningSearch(OptunaSearch):
     progress: called with each finished trial's line fields."""
 
     # fmt: off
-    def __init__(self, *args: Any, storage: Any = None, pruner: Any = None, artifact_dir: Path | None = None,
-                 plan: tuple | None = None, test_images: tuple | None = None, progress: Any = None,
-                 keeper: Any = None, **kwargs: Any):
+    def __init__(self, *args: Any, storage: Any = None, url: str = "", pruner: Any = None,
+                 artifact_dir: Path | None = None, plan: tuple | None = None, test_images: tuple | None = None,
+                 progress: Any = None, keeper: Any = None, **kwargs: Any):
         # fmt: on
         # Set before OptunaSearch.__init__ (which calls _setup_study), with names OptunaSearch lacks.
         self.pruner = pruner or optuna.pruners.NopPruner()
         self.artifact_dir, self.plan, self.test_images, self.progress = artifact_dir, plan, test_images, progress
         self.keeper = keeper  # tlstudy.study.keep.Keeper, or None
+        self.url = url  # the storage's URL: which lock `work_lock` takes
         self.epochs: dict[str, list[dict]] = {}  # trial id -> its per-epoch records
         self.tune_trials: dict[str, Any] = {}  # trial id -> Tune's Trial (set by the scheduler)
         self.pruned: set[str] = set()
@@ -79,13 +80,31 @@ class OptunaPruningSearch(OptunaSearch):
         # Tune pickles the searcher (tuner.pkl, for Tuner.restore; a study resumes from its Optuna
         # storage instead): the storage and what holds it stay out, a storage URL may hold a password.
         state = self.__dict__.copy()
-        state.update(_storage=None, _ot_study=None, _ot_trials={}, heartbeats=None, keeper=None, tune_trials={})
+        state.update(_storage=None, _ot_study=None, _ot_trials={}, heartbeats=None, keeper=None, tune_trials={}, url="")
         return state
 
     def save(self, checkpoint_path: str) -> None:
         pass  # no searcher checkpoint: see __getstate__; the Optuna storage is the study's record
 
     def suggest(self, trial_id: str) -> Any:  # a config, None (ask later) or Searcher.FINISHED
+        # Another driver sharing the study must not read what it lacks between our read and our ask.
+        with work_lock(self.url, self._storage, self.study.study_name):  # Ray internal: _storage
+            config = self._take_work(trial_id)
+        if config is None or config == Searcher.FINISHED:
+            return config
+        study = self.study
+        ot_trial = self.optuna_trial(trial_id)
+        if names.TRAIN_SEED in ot_trial.user_attrs:
+            config[names.TRAIN_SEED] = ot_trial.user_attrs[names.TRAIN_SEED]
+        # A search trial is chosen on val alone: it never looks at the test split.
+        if ot_trial.user_attrs.get(names.PHASE) == names.SEARCH:
+            config["score_test"] = False
+        self.heartbeats.add(study.study_name, ot_trial.number)
+        ot_trial.set_user_attr(names.DRIVER, self.driver)
+        return config
+
+    def _take_work(self, trial_id: str) -> Any:
+        """Enqueue the trial the design needs next and let OptunaSearch ask for it (it pops it)."""
         study = self.study
         if self.plan is not None:
             cells, budget, seeds, *looks = self.plan  # looks: --seeds auto's seed counts per round
@@ -101,18 +120,7 @@ class OptunaPruningSearch(OptunaSearch):
             study.enqueue_trial(work.params, user_attrs=work.user_attrs, skip_if_exists=False)
         with warnings.catch_warnings():  # "Heartbeat of storage is supposed to be used with Study.optimize"
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            config = super().suggest(trial_id)
-        if config is None:
-            return None
-        ot_trial = self.optuna_trial(trial_id)
-        if names.TRAIN_SEED in ot_trial.user_attrs:
-            config[names.TRAIN_SEED] = ot_trial.user_attrs[names.TRAIN_SEED]
-        # A search trial is chosen on val alone: it never looks at the test split.
-        if ot_trial.user_attrs.get(names.PHASE) == names.SEARCH:
-            config["score_test"] = False
-        self.heartbeats.add(study.study_name, ot_trial.number)
-        ot_trial.set_user_attr(names.DRIVER, self.driver)
-        return config
+            return super().suggest(trial_id)
 
     def optuna_trial(self, trial_id: str) -> Any:
         """The optuna.Trial OptunaSearch asked for Tune's trial `trial_id`, or None."""

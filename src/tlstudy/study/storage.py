@@ -8,8 +8,9 @@ one run with other settings (tlstudy.study.design.open_study); `stored_attrs` re
 study's record without its trials, so the command line refuses before its heavy imports. A driver
 beats for each trial it runs (SQL storages; Optuna's own heartbeat lives inside Study.optimize, and
 Tune drives ask and tell); `resolve_abandoned` fails what a dead driver left RUNNING (unbeaten for
-GRACE_BEATS beats; without heartbeats, a journal file, every RUNNING trial). Optuna and SQLAlchemy
-load when a storage opens, not with this module.
+GRACE_BEATS beats; without heartbeats, a journal file, every RUNNING trial). Drivers sharing a study
+take its work one at a time (`work_lock`). Optuna and SQLAlchemy load when a storage opens, not with
+this module.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import sqlite3
 import threading
 import time
 import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -161,6 +165,41 @@ def _rdb_storage(sa_url: str, engine_kwargs: dict, beats: dict, tries: int = 5) 
             if not schema_race or attempt == tries - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+@contextmanager
+def work_lock(url: str, storage: Any, study_name: str) -> Iterator[None]:
+    """Held by a driver from reading what the study still lacks to asking Optuna for it. Without it,
+    two drivers sharing a study can both see a cell one trial short and both enqueue that trial
+    (Optuna has no conditional insert). A file storage locks a file beside it (one machine, as
+    SQLite and a local journal need); PostgreSQL and MySQL take a lock on the server, for this study,
+    which a dead driver's connection gives back. A study in memory (no URL) has no other driver."""
+    if not url:
+        yield
+        return
+    if (path := file_of(url)) is not None:
+        from filelock import FileLock
+
+        with FileLock(f"{path}.tlstudy-lock"):  # not .lock: a journal's own lock is <file>.lock
+            yield
+        return
+    from sqlalchemy import text
+
+    key = zlib.crc32(f"tlstudy:{study_name}".encode())
+    dialect = storage.engine.dialect.name  # an RDBStorage (only file storages are journals)
+    if dialect == "postgresql":
+        with storage.engine.begin() as con:  # released when this transaction ends
+            con.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+            yield
+    elif dialect in ("mysql", "mariadb"):
+        with storage.engine.connect() as con:
+            con.execute(text("SELECT GET_LOCK(:k, -1)"), {"k": f"tlstudy-{key}"})
+            try:
+                yield
+            finally:
+                con.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": f"tlstudy-{key}"})
+    else:
+        raise UserError(f"storage {display_url(url)}: two drivers cannot share a study on {dialect}")
 
 
 def storage_exists(url: str) -> bool:
