@@ -41,14 +41,14 @@ def study_name():
         pass
 
 
-def start(tmp_path, name, log, design=("--budget", "2", "--seeds", "1")):
+def start(tmp_path, name, log, design=("--budget", "2", "--seeds", "1"), url=URL):
     args = [
         "--space",
         "small",
         "--study-name",
         name,
         "--storage",
-        URL,
+        url,
         "--results",
         str(tmp_path / "results"),
         *TINY,
@@ -65,9 +65,22 @@ def start(tmp_path, name, log, design=("--budget", "2", "--seeds", "1")):
     )
 
 
-def test_study_in_postgres_reopens_in_another_process(tmp_path, study_name):
+def test_study_in_postgres_reopens_in_another_process_and_keeps_no_trace_of_its_password(tmp_path, study_name):
+    """The server trusts local connections, so any password is accepted: one goes in the URL, and
+    nothing the study writes (its log, results/, Ray's experiment folder, the study's attributes)
+    holds it. Another process then reopens the study and finds every trial as this one left it."""
+    secret = "S3cret-" + uuid.uuid4().hex[:6]
+    url = URL.replace("://tlstudy@", f"://tlstudy:{secret}@", 1)
+    assert secret in url
     write_space(tmp_path, "small", SMALL_SPACE)
-    run_to_end(tmp_path, lambda log: start(tmp_path, study_name, log))
+    run_to_end(tmp_path, lambda log: start(tmp_path, study_name, log, url=url))
+    assert secret not in (tmp_path / "driver.log").read_text()
+    files = [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
+    assert len(files) > 10 and not [p for p in files if secret.encode() in p.read_bytes()]
+    study = optuna.load_study(study_name=study_name, storage=store())
+    stored = json.dumps([study.user_attrs, *[t.user_attrs for t in study.trials]], default=str)
+    assert secret not in stored and "***@" in study.user_attrs["command"]
+
     code = textwrap.dedent(f"""
         import json, optuna
         from tlstudy.study.storage import open_storage
@@ -78,7 +91,6 @@ def test_study_in_postgres_reopens_in_another_process(tmp_path, study_name):
     out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert out["states"] == ["COMPLETE"] * 6  # two cells: two search trials and a replicate each
     assert out["epochs"] == [[1, 2, 3]] * 6
-    study = optuna.load_study(study_name=study_name, storage=store())
     assert out["values"] == [t.value for t in study.trials] and out["best"] == study.best_trial.number
 
 
@@ -137,44 +149,3 @@ def _trials(name):
         return optuna.load_study(study_name=name, storage=store()).trials
     except KeyError:  # not created yet
         return []
-
-
-def test_a_password_in_the_storage_url_leaves_no_trace(tmp_path, study_name):
-    """The server trusts local connections, so any password is accepted: one goes in the URL, and
-    nothing the study writes (results/, Ray's experiment folder, the study's attributes) holds it."""
-    secret = "S3cret-" + uuid.uuid4().hex[:6]
-    url = URL.replace("://tlstudy@", f"://tlstudy:{secret}@", 1)
-    assert secret in url
-    write_space(tmp_path, "small", SMALL_SPACE)
-    args = [
-        "--space",
-        "small",
-        "--study-name",
-        study_name,
-        "--storage",
-        url,
-        "--results",
-        str(tmp_path / "results"),
-        *TINY,
-        *BOTH,
-        "--budget",
-        "1",
-        "--seeds",
-        "1",
-    ]
-    run_to_end(
-        tmp_path,
-        lambda log: subprocess.Popen(
-            [sys.executable, str(ROOT / "study" / "run.py"), *args],
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
-    )
-    assert secret not in (tmp_path / "driver.log").read_text()
-    files = [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
-    assert len(files) > 10 and not [p for p in files if secret.encode() in p.read_bytes()]
-    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
-    stored = json.dumps([study.user_attrs, *[t.user_attrs for t in study.trials]], default=str)
-    assert secret not in stored and "***@" in study.user_attrs["command"]

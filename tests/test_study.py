@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -327,81 +326,6 @@ def test_best_config_command_reproduces_the_trial(taske):
     summary = json.loads(out.read_text())["summary"]
     assert summary["best_val_loss"] == pytest.approx(best["best_val_loss"], rel=1e-5)
     assert summary["test_best_acc"] == best["test_best_acc"]
-
-
-def test_resume_after_interrupt_repeats_no_finished_trial_and_finishes_the_phases(tmp_path, ray_local):
-    space_file = tmp_path / "small.py"
-    space_file.write_text(SMALL_SPACE)
-    results = tmp_path / "results"
-    args = [
-        "--space",
-        str(space_file),
-        "--results",
-        str(results),
-        *TINY,
-        "--budget",
-        "1",
-        "--seeds",
-        "1",
-        "--pruner",
-        "none",
-        "--keep-models",
-        "cells",
-    ]
-    # Ctrl-C from inside the driver, right after it has told Optuna of the first COMPLETE trial.
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "stopping_driver.py"),
-            "first-complete",
-            "sigint",
-            str(tmp_path / "unused"),
-            "--",
-            *args,
-            "--num-cpus",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out = proc.communicate(timeout=300)[0]
-    finally:
-        # Ray's agents outlive a killed driver; they share its new process group.
-        _killpg(proc.pid)
-    assert proc.returncode == 130, out[:3000] + "\n...\n" + out[-2000:]
-    assert "interrupted: finished trials are stored. Resume with the same command:" in out
-    print("\n".join(line for line in out.splitlines() if line.startswith("stopping_driver:")))  # see -rP
-    first = {t.number: t for t in load(results, "small").trials}
-    finished = {n for n, t in first.items() if t.state == TrialState.COMPLETE}
-    assert len(finished) == 1, out[-3000:]
-    # The interrupted driver resolved its own unfinished trials.
-    assert not [t for t in first.values() if t.state == TrialState.RUNNING]
-
-    assert cli.main(["run", *args]) == 0
-    after = load(results, "small").trials
-    for n in finished:  # finished trials are kept as they were
-        assert after[n].state == TrialState.COMPLETE and after[n].value == first[n].value
-    done = [t for t in after if t.state == TrialState.COMPLETE]
-    # Per cell: its search trial and its replicate, each run once, whatever phase was cut.
-    for out_features in (2, 3):
-        mine = [t for t in done if t.params["out_features"] == out_features]
-        assert sorted((t.user_attrs["phase"], t.user_attrs["train_seed"]) for t in mine) == [
-            ("replicate", 1),
-            ("search", 0),
-        ]
-    # --keep-models cells: each cell's replicate keeps its model, over both runs.
-    replicates = {t.number for t in done if t.user_attrs["phase"] == "replicate"}
-    assert set(keep.links(load(results, "small"))) == replicates and len(replicates) == 2
-
-
-def _killpg(pid):
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_space_allowing_resnet18_v2_is_refused(tmp_path):
