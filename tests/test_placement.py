@@ -41,12 +41,12 @@ LOGICAL_GPUS = textwrap.dedent("""
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             return placement.granted_device(requested), placement.granted_share(), visible
 
-    out = {}
+    out, trials = {}, {}
     for gpus in (0, 0.25, 1):
-        trial = Trial.options(num_cpus=0, num_gpus=gpus).remote()
-        out[str(gpus)] = ray.get(trial.device.remote("auto"))
-    try:
-        ray.get(Trial.options(num_cpus=0).remote().device.remote("cuda"))
+        trials[gpus] = Trial.options(num_cpus=0, num_gpus=gpus).remote()
+        out[str(gpus)] = ray.get(trials[gpus].device.remote("auto"))
+    try:  # the trial granted no GPU, asking for cuda
+        ray.get(trials[0].device.remote("cuda"))
     except ray.exceptions.RayTaskError as e:
         out["cuda without a GPU"] = str(e)
     out["gpus"] = placement.gpus()
