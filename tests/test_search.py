@@ -4,6 +4,7 @@ it relies on is pinned in tests/test_upstream_pins.py."""
 
 import json
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -104,7 +105,7 @@ def test_unfinished_trials_fail_with_a_reason(tmp_path):
 
 
 RACE = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 import optuna
 from tlstudy.spaces import Cell
@@ -118,6 +119,7 @@ s = OptunaPruningSearch(space={"lr": optuna.distributions.FloatDistribution(1e-4
                         metric="val_loss", mode="min", storage=open_storage(url), url=url, study_name=name,
                         sampler=optuna.samplers.RandomSampler(), plan=(cells, 12, 1))
 s.set_search_properties("val_loss", "min", {})
+Path(f"{go}.{os.getpid()}").touch()  # ready
 while not go.exists():
     time.sleep(0.01)
 n = 0
@@ -138,7 +140,10 @@ def race_for_work(url, tmp_path, name="shared"):
     optuna.create_study(study_name=name, storage=open_storage(url))
     procs = [subprocess.Popen([sys.executable, "-c", RACE, url, str(go), name], stdout=subprocess.PIPE, text=True)
              for _ in range(2)]  # fmt: skip
-    time.sleep(3)  # both have imported Ray and made their searcher
+    deadline = time.time() + 120
+    while not all(Path(f"{go}.{p.pid}").exists() for p in procs):  # both have made their searcher
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "a driver did not start"
+        time.sleep(0.05)
     go.touch()
     taken = [int(p.communicate(timeout=300)[0]) for p in procs]
     return taken, optuna.load_study(study_name=name, storage=open_storage(url)).trials
