@@ -101,6 +101,21 @@ def ray_local():
 # ---------------------------------------------------------------- plain helpers
 
 
+def balanced_phantom(size=32):
+    """Phantoms with half of each class, so that chance is 50 % on every split (train 320, val and
+    test 100). Imports only torch and the data layer: tests/test_gpu.py uses it too."""
+    import torch
+
+    from tlstudy.data import phantom
+    from tlstudy.data.splits import Splits
+
+    x, y = {}, {}
+    for i, (split, n) in enumerate((("train", 320), ("val", 100), ("test", 100))):
+        a, b = phantom.make_split(n, size, 10 + i, shifted=(split == "test"), normal_fraction=0.5)
+        x[split], y[split] = torch.from_numpy(a), torch.from_numpy(b)
+    return Splits(x, y, ["NORMAL", "PNEUMONIA"], "phantom (balanced)", "test")
+
+
 def load_data(source, image_size, *, phantom_sizes=(180, 100, 200), use_cache=True, **settings):
     """tlstudy.data.splits.load of a source at a size, the other DataSettings as keywords."""
     from tlstudy.data import splits

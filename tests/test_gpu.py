@@ -9,13 +9,11 @@ import pytest
 import torch
 from torchvision.models import get_model
 
-from tlstudy.data import phantom
-from tlstudy.data.splits import Splits
 from tlstudy.settings import TrialConfig
 from tlstudy.training import device as devices
 from tlstudy.training import loop, memory, models, throughput
 
-from conftest import load_data
+from conftest import balanced_phantom, load_data
 
 pytestmark = [
     pytest.mark.gpu,
@@ -26,12 +24,7 @@ CUDA = torch.device("cuda")
 
 @pytest.fixture(scope="module")
 def balanced32():
-    """Phantoms with half of each class, so that chance is 50 % on every split."""
-    x, y = {}, {}
-    for i, (split, n) in enumerate((("train", 320), ("val", 100), ("test", 100))):
-        a, b = phantom.make_split(n, 32, 10 + i, shifted=(split == "test"), normal_fraction=0.5)
-        x[split], y[split] = torch.from_numpy(a), torch.from_numpy(b)
-    return Splits(x, y, ["NORMAL", "PNEUMONIA"], "phantom (balanced)", "test")
+    return balanced_phantom()
 
 
 def native(amp):

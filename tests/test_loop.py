@@ -8,15 +8,13 @@ import torch
 from torchvision.models import get_model
 
 from tlstudy import cli
-from tlstudy.data import phantom
-from tlstudy.data.splits import Splits
 from tlstudy.errors import UserError
 from tlstudy.names import BEST_VAL_LOSS, EPOCH_KEYS, KEPT_WEIGHTS, PREDICTIONS, RESUME_STATE, SUMMARY, TEST_BEST_ACC
 from tlstudy.settings import TrialConfig
 from tlstudy.training import loop, models
 from tlstudy.training.models import IMAGENET_MEAN, IMAGENET_STD, to_input
 
-from conftest import load_data
+from conftest import balanced_phantom, load_data
 
 ROOT = Path(__file__).parents[1]
 
@@ -28,12 +26,7 @@ def phantom32():
 
 @pytest.fixture(scope="module")
 def balanced32():
-    """Phantoms with half of each class, so that chance is 50 % on every split."""
-    x, y = {}, {}
-    for i, (split, n) in enumerate((("train", 320), ("val", 100), ("test", 100))):
-        a, b = phantom.make_split(n, 32, 10 + i, shifted=(split == "test"), normal_fraction=0.5)
-        x[split], y[split] = torch.from_numpy(a), torch.from_numpy(b)
-    return Splits(x, y, ["NORMAL", "PNEUMONIA"], "phantom (balanced)", "test")
+    return balanced_phantom()
 
 
 def run(config, splits):

@@ -23,30 +23,19 @@ from conftest import ROOT, SMALL_SPACE, TINY, XRAYS
 from conftest import load_study as load
 
 
+def taske_args(results):
+    """The taskE study of the `taske` fixture, as its command line (a rerun must match it)."""
+    return ["run", "--space", "taskE", "--results", str(results), *TINY, "--pruner", "percentile"] + [
+        "--budget", "2", "--seeds", "2", "--seed", "1"
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def taske(tmp_path_factory, ray_local):
     results = tmp_path_factory.mktemp("taskE")
     # --budget 2: two search trials per cell (the protocol, then one of TPE); --seeds 2: two
     # replicates of each cell's best. A percentile pruner at the 75th percentile prunes readily.
-    code = cli.main(
-        [
-            "run",
-            "--space",
-            "taskE",
-            "--results",
-            str(results),
-            *TINY,
-            "--pruner",
-            "percentile",
-            "--budget",
-            "2",
-            "--seeds",
-            "2",
-            "--seed",
-            "1",
-            "--allow-failures",
-        ]
-    )
+    code = cli.main(taske_args(results) + ["--allow-failures"])
     assert code == 0
     return results
 
@@ -244,22 +233,7 @@ def test_run_ends_with_the_analysis(taske):
 def test_a_rerun_with_other_data_or_settings_is_refused_and_nothing_changes(taske, xray_folder, capsys, change, what):
     db = taske / "optuna.db"
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    args = [
-        "run",
-        "--space",
-        "taskE",
-        "--results",
-        str(taske),
-        *TINY,
-        "--pruner",
-        "percentile",
-        "--budget",
-        "2",
-        "--seeds",
-        "2",
-        "--seed",
-        "1",
-    ]
+    args = taske_args(taske)
     for i in range(0, len(change), 2):
         at = args.index(change[i]) if change[i] in args else None
         value = change[i + 1].format(xrays=xray_folder)
@@ -277,24 +251,7 @@ def test_a_rerun_with_other_data_or_settings_is_refused_and_nothing_changes(task
 def test_a_refused_rerun_answers_before_torch_or_ray_load(taske):
     """The settings are resolved and compared with the stored study (its space's summary, kept with
     the space file's hash) before the heavy imports: the refusal needs neither torch nor Ray."""
-    argv = [
-        "run",
-        "--space",
-        "taskE",
-        "--results",
-        str(taske),
-        *TINY,
-        "--pruner",
-        "percentile",
-        "--budget",
-        "2",
-        "--seeds",
-        "2",
-        "--seed",
-        "1",
-        "--image-size",
-        "48",
-    ]
+    argv = taske_args(taske) + ["--image-size", "48"]
     code = textwrap.dedent(f"""
         import sys
         from tlstudy import cli
