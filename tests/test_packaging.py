@@ -17,7 +17,7 @@ def test_the_wheel_ships_the_spaces_the_reference_and_the_command(tmp_path):
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("src", "search_spaces", "results/reference"):
+    for name in ("src", "search_spaces", "reference"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     r = subprocess.run(
         [
@@ -41,7 +41,7 @@ def test_the_wheel_ships_the_spaces_the_reference_and_the_command(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     spaces = {p.name for p in (ROOT / "search_spaces").glob("*.py")}
     assert spaces and {f"tlstudy/search_spaces/{s}" for s in spaces} <= names
-    csvs = {p.name for p in (ROOT / "results" / "reference").glob("*.csv")}
+    csvs = {p.name for p in (ROOT / "reference").glob("*.csv")}
     assert "homework4.csv" in csvs and {f"tlstudy/reference/{c}" for c in csvs} <= names
     # Every module of every layer (the subpackages must be listed in pyproject.toml's packages).
     modules = {p.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src" / "tlstudy").rglob("*.py")}

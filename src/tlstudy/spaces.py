@@ -137,7 +137,7 @@ def file_hash(path: Path | str) -> str:
 
 def reference_dir() -> Path:
     """The report's transcribed numbers (homework4.csv) and claims (claims.csv), shipped like the spaces."""
-    return shipped("reference", "results/reference")
+    return shipped("reference", "reference")
 
 
 def folders() -> list[Path]:

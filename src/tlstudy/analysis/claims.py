@@ -1,4 +1,4 @@
-"""The report's claims as data (results/reference/claims.csv), judged on a study's replicates.
+"""The report's claims as data (reference/claims.csv), judged on a study's replicates.
 
 claims.csv has one row per comparison "a against b": claim (id), group (the report's claim
 number), sentence_zh (quoted from the report), gloss_en, study_a, cell_a, study_b, cell_b (a cell

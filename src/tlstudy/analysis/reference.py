@@ -1,5 +1,5 @@
 """The report's own numbers beside this study's: its Table 1 rebuilt from the model objects, and
-its tables (results/reference/homework4.csv) next to this study's cells."""
+its tables (reference/homework4.csv) next to this study's cells."""
 
 import pandas as pd
 

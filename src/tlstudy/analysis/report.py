@@ -2,7 +2,7 @@
 
 `write_report(studies, space, out_dir)` reads the Optuna studies (and each trial's per-image
 predictions), builds the tables (tlstudy.analysis.tables), judges the report's claims
-(tlstudy.analysis.claims, on results/reference/claims.csv) and writes one page that says what the
+(tlstudy.analysis.claims, on reference/claims.csv) and writes one page that says what the
 design can and cannot show: the seeds, the budget per cell, the pruning rule, the margin and
 alpha, the data and whether the weights were real.
 """
