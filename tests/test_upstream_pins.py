@@ -36,7 +36,7 @@ LR = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
 
 
 def test_optuna_search_makes_its_study_in_setup_study_and_asks_it_per_tune_trial(tmp_path):
-    """The Ray internals OptunaPruningSearch uses: OptunaSearch creates its study in `_setup_study`
+    """The Ray internals OptunaPruningSearch uses: OptunaSearch keeps its storage as `_storage`, creates its study in `_setup_study`
     (given a space, or later through set_search_properties, as the runner does) with a NopPruner,
     keeps it as `_ot_study`, and keeps each Tune trial's optuna.Trial in `_ot_trials`."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
@@ -49,6 +49,7 @@ def test_optuna_search_makes_its_study_in_setup_study_and_asks_it_per_tune_trial
     )
     assert late.set_search_properties(None, None, {"lr": tune.loguniform(1e-4, 1e-1)})
     assert late._ot_study.study_name == "late" and late._ot_study.pruner is pruner
+    assert late._storage is storage  # the storage whose lock suggest takes (tlstudy.study.storage.work_lock)
 
     config = late.suggest("tune-trial-a")
     ot_trial = late._ot_trials["tune-trial-a"]
