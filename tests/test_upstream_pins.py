@@ -36,9 +36,10 @@ LR = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
 
 
 def test_optuna_search_makes_its_study_in_setup_study_and_asks_it_per_tune_trial(tmp_path):
-    """The Ray internals OptunaPruningSearch uses: OptunaSearch keeps its storage as `_storage`, creates its study in `_setup_study`
-    (given a space, or later through set_search_properties, as the runner does) with a NopPruner,
-    keeps it as `_ot_study`, and keeps each Tune trial's optuna.Trial in `_ot_trials`."""
+    """The Ray internals OptunaPruningSearch uses: OptunaSearch keeps its storage as `_storage`,
+    creates its study in `_setup_study` (given a space, or later through set_search_properties, as
+    the runner does) with a NopPruner, keeps it as `_ot_study`, and keeps each Tune trial's
+    optuna.Trial in `_ot_trials`."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
     plain = OptunaSearch(space=LR, metric="val_loss", mode="min", storage=storage, study_name="plain")
     assert isinstance(plain._ot_study, optuna.Study) and isinstance(plain._ot_study.pruner, optuna.pruners.NopPruner)
